@@ -1,0 +1,183 @@
+"""Megatron distributed checkpoints of a model, with metadata, written atomically.
+
+Layout of a checkpoint directory ``CKPT/``::
+
+    CKPT/
+      nemo_minitron.json     format version, library + megatron-core versions, model config, saved layout
+      weights/               megatron-core dist_checkpointing (torch_dist) of model.sharded_state_dict()
+      COMPLETE               written last; a directory without it is never treated as a checkpoint
+
+Saving writes everything into a hidden sibling ``.CKPT.incomplete-<tag>/`` and renames it into
+place only after every rank has finished, so a crash never leaves a half-written directory that
+looks complete. Any TP/PP layout can load a checkpoint written at any other (dist_checkpointing
+reshards); the architecture in the metadata must match the model being loaded into.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from nemo_minitron.config.model import ModelConfig
+from nemo_minitron.logging import get_logger
+
+log = get_logger(__name__)
+
+FORMAT_VERSION = 1
+METADATA_FILE = "nemo_minitron.json"
+WEIGHTS_DIR = "weights"
+COMPLETE_MARKER = "COMPLETE"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing, incomplete, corrupt or does not match the model."""
+
+
+def _rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _broadcast_str(value: Optional[str]) -> str:
+    """Rank 0's string on every rank."""
+    if not dist.is_initialized():
+        assert value is not None
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]  # type: ignore[return-value]
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a complete nemo_minitron checkpoint directory."""
+    p = Path(path)
+    return (p / COMPLETE_MARKER).is_file() and (p / METADATA_FILE).is_file()
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Validated metadata of the checkpoint at ``path``; raises :class:`CheckpointError` on any defect."""
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint {p} does not exist or is not a directory")
+    if not (p / COMPLETE_MARKER).is_file():
+        raise CheckpointError(
+            f"checkpoint {p} is incomplete (no {COMPLETE_MARKER} marker): it was not fully written; "
+            "re-create it instead of loading it"
+        )
+    try:
+        meta = json.loads((p / METADATA_FILE).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {p} has no {METADATA_FILE}") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint {p}: {METADATA_FILE} is corrupt ({exc})") from None
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {p} has format_version={version!r}; this library reads {FORMAT_VERSION}")
+    if not isinstance(meta.get("model"), dict):
+        raise CheckpointError(f"checkpoint {p}: {METADATA_FILE} has no 'model' section")
+    weights = p / WEIGHTS_DIR
+    if not (weights / ".metadata").is_file() or not (weights / "metadata.json").is_file():
+        raise CheckpointError(f"checkpoint {p}: {WEIGHTS_DIR}/ is not a megatron dist checkpoint (metadata missing)")
+    return meta
+
+
+def load_model_config(path: str | os.PathLike) -> ModelConfig:
+    """The :class:`ModelConfig` stored in a checkpoint (runtime fields at their defaults)."""
+    meta = read_metadata(path)
+    return ModelConfig.from_dict(meta["model"], strict=False)
+
+
+def save_checkpoint(
+    model: torch.nn.Module,
+    cfg: ModelConfig,
+    path: str | os.PathLike,
+    extra_metadata: Optional[dict[str, Any]] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Save ``model`` (this rank's shard) to ``path`` atomically. Collective: every rank must call it."""
+    from megatron.core import dist_checkpointing
+
+    from nemo_minitron import __version__
+    from nemo_minitron.mcore_compat import mcore_version
+
+    final = Path(path).absolute()
+    if final.exists() and not overwrite:
+        raise CheckpointError(f"{final} already exists; pass overwrite=True (or choose a new path)")
+    tmp_name = None
+    if _rank0():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp_name = str(final.parent / f".{final.name}.incomplete-{os.getpid()}-{int(time.time())}")
+        os.makedirs(Path(tmp_name) / WEIGHTS_DIR)
+    tmp = Path(_broadcast_str(tmp_name))
+    _barrier()
+    module = getattr(model, "module", model)  # unwrap DDP so keys carry no "module." prefix
+    dist_checkpointing.save(module.sharded_state_dict(prefix=""), str(tmp / WEIGHTS_DIR))
+    _barrier()
+    if _rank0():
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "library_version": __version__,
+            "megatron_core_version": ".".join(map(str, mcore_version())),
+            "torch_version": torch.__version__,
+            "model": cfg.arch_dict() | {"name": cfg.name},
+            "saved_layout": {
+                "tensor_model_parallel_size": cfg.tensor_model_parallel_size,
+                "pipeline_model_parallel_size": cfg.pipeline_model_parallel_size,
+            },
+            "created_unix": time.time(),
+        }
+        if extra_metadata:
+            meta["extra"] = extra_metadata
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        (tmp / COMPLETE_MARKER).write_text("ok\n")
+        backup = None
+        if final.exists():
+            backup = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, backup)
+        os.replace(tmp, final)
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+        log.info("saved checkpoint %s", final)
+    _barrier()
+    return final
+
+
+def check_compatible(saved: ModelConfig, wanted: ModelConfig, path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` listing every architecture field that differs."""
+    diff = wanted.arch_diff(saved)
+    if diff:
+        lines = ", ".join(f"model.{k}: requested {a!r}, checkpoint has {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise CheckpointError(f"checkpoint {path} does not match the requested model: {lines}")
+
+
+def load_checkpoint(model: torch.nn.Module, cfg: ModelConfig, path: str | os.PathLike, strict: bool = True) -> dict:
+    """Load the checkpoint at ``path`` into ``model`` (built from ``cfg`` at any TP/PP). Collective.
+
+    Returns the checkpoint metadata. Every parameter of the model must be found in the checkpoint.
+    """
+    from megatron.core import dist_checkpointing
+
+    meta = read_metadata(path)
+    check_compatible(ModelConfig.from_dict(meta["model"], strict=False), cfg, path)
+    module = getattr(model, "module", model)
+    try:
+        state = dist_checkpointing.load(module.sharded_state_dict(prefix=""), str(Path(path) / WEIGHTS_DIR))
+    except Exception as exc:  # dist_checkpointing raises many types on corrupt/missing shards
+        raise CheckpointError(f"checkpoint {path}: failed to read weights ({type(exc).__name__}: {exc})") from exc
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    unexpected = [k for k in unexpected if not k.endswith("_extra_state")]
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"checkpoint {path}: missing keys {missing}, unexpected keys {unexpected}")
+    return meta

@@ -1,0 +1,87 @@
+"""The one place that knows about differences between megatron-core releases.
+
+CI pins megatron-core 0.16.1; the NeMo container ships newer releases. Everything here adapts to
+the installed version by inspecting signatures and fields, never by assuming them:
+
+* :func:`make_transformer_config` drops keyword arguments that the installed ``TransformerConfig``
+  does not know (and refuses to silently drop one that was set to a non-default value);
+* :func:`layer_spec` picks the Transformer Engine or local GPT layer spec and passes only the
+  keyword arguments the installed spec function accepts;
+* :func:`have_transformer_engine` answers whether TE is importable (the TE spec function itself
+  imports without TE but fails when called).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import inspect
+from typing import Any, Callable
+
+from nemo_minitron.logging import get_logger
+
+log = get_logger(__name__)
+
+
+@functools.lru_cache(maxsize=None)
+def mcore_version() -> tuple[int, int, int]:
+    """Installed megatron-core version as ``(major, minor, patch)``."""
+    from megatron.core import package_info
+
+    return tuple(int(x) for x in package_info.__shortversion__.split(".")[:3])  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=None)
+def have_transformer_engine() -> bool:
+    """True when Transformer Engine can be imported (and so its layer spec can be built)."""
+    if importlib.util.find_spec("transformer_engine") is None:
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception as exc:  # pragma: no cover - broken TE install
+        log.warning("transformer_engine is installed but fails to import (%s); using the local spec", exc)
+        return False
+    return True
+
+
+def _call_with_supported_kwargs(fn: Callable[..., Any], **kwargs: Any) -> Any:
+    """Call ``fn`` with the subset of ``kwargs`` its signature accepts; fail if a truthy one is dropped."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return fn(**kwargs)
+    dropped = {k: v for k, v in kwargs.items() if k not in params}
+    bad = {k: v for k, v in dropped.items() if v not in (None, False)}
+    if bad:
+        raise TypeError(f"{fn.__qualname__} of megatron-core {mcore_version()} does not support {sorted(bad)}")
+    return fn(**{k: v for k, v in kwargs.items() if k in params})
+
+
+def make_transformer_config(**kwargs: Any) -> Any:
+    """``TransformerConfig(**kwargs)`` restricted to fields the installed megatron-core has."""
+    from megatron.core.transformer import TransformerConfig
+
+    fields = {f.name: f for f in dataclasses.fields(TransformerConfig)}
+    unknown = {k: v for k, v in kwargs.items() if k not in fields}
+    for key, value in unknown.items():
+        f = fields.get(key)
+        raise TypeError(f"TransformerConfig of megatron-core {mcore_version()} has no field {key!r} (value {value!r})")
+    return TransformerConfig(**kwargs)
+
+
+def layer_spec(use_te: bool, qk_layernorm: bool, normalization: str) -> Any:
+    """The GPT layer ``ModuleSpec``: Transformer Engine when ``use_te``, else megatron-core's local modules."""
+    from megatron.core.models.gpt import gpt_layer_specs as specs
+
+    if use_te:
+        return _call_with_supported_kwargs(specs.get_gpt_layer_with_transformer_engine_spec, qk_layernorm=qk_layernorm)
+    return _call_with_supported_kwargs(
+        specs.get_gpt_layer_local_spec, qk_layernorm=qk_layernorm, normalization=normalization
+    )
+
+
+def gpt_model_class() -> type:
+    """The GPT model class. Kept here so a move to ``HybridModel`` in newer Megatron is a local change."""
+    from megatron.core.models.gpt import GPTModel
+
+    return GPTModel

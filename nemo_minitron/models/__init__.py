@@ -1,0 +1,1 @@
+"""Model construction (megatron-core GPTModel) and analytic parameter counts."""

@@ -1,0 +1,42 @@
+"""Shared fixtures: a single-process gloo world with megatron-core model parallel state, tiny configs."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def world():
+    """One-process gloo world (TP=1, PP=1) shared by the whole session."""
+    from nemo_minitron import runtime
+
+    ctx = runtime.init_model_parallel(1, 1, seed=1234)
+    yield ctx
+
+
+@pytest.fixture()
+def tiny_cfg():
+    """The tiny Llama-style test model: 4 layers, hidden 64, 8 heads / 4 groups, vocab 256."""
+    from nemo_minitron.config.model import ModelConfig
+
+    return ModelConfig(name="tiny", num_layers=4, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8,
+                       num_query_groups=4, vocab_size=256, max_position_embeddings=256)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked slow unless NEMO_MINITRON_SLOW=1."""
+    if os.environ.get("NEMO_MINITRON_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set NEMO_MINITRON_SLOW=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
