@@ -5,6 +5,8 @@ Layout of a checkpoint directory ``CKPT/``::
     CKPT/
       nemo_minitron.json     format version, library + megatron-core versions, model config, saved layout
       weights/               megatron-core dist_checkpointing (torch_dist) of model.sharded_state_dict()
+      tokenizer/             (optional) the model's tokenizer files, carried along so later steps need no
+                             separate tokenizer argument
       COMPLETE               written last; a directory without it is never treated as a checkpoint
 
 Saving writes everything into a hidden sibling ``.CKPT.incomplete-<tag>/`` and renames it into
@@ -33,6 +35,7 @@ log = get_logger(__name__)
 FORMAT_VERSION = 1
 METADATA_FILE = "nemo_minitron.json"
 WEIGHTS_DIR = "weights"
+TOKENIZER_DIR = "tokenizer"
 COMPLETE_MARKER = "COMPLETE"
 
 
@@ -104,8 +107,13 @@ def save_checkpoint(
     path: str | os.PathLike,
     extra_metadata: Optional[dict[str, Any]] = None,
     overwrite: bool = False,
+    tokenizer_dir: Optional[str | os.PathLike] = None,
 ) -> Path:
-    """Save ``model`` (this rank's shard) to ``path`` atomically. Collective: every rank must call it."""
+    """Save ``model`` (this rank's shard) to ``path`` atomically. Collective: every rank must call it.
+
+    ``tokenizer_dir`` (a directory of tokenizer files, e.g. ``tokenizer.json`` + ``tokenizer_config.json``)
+    is copied into ``path/tokenizer/`` so the checkpoint carries its own tokenizer.
+    """
     from megatron.core import dist_checkpointing
 
     from nemo_minitron import __version__
@@ -139,6 +147,9 @@ def save_checkpoint(
         }
         if extra_metadata:
             meta["extra"] = extra_metadata
+        if tokenizer_dir is not None:
+            shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
+            meta["tokenizer"] = TOKENIZER_DIR
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         (tmp / COMPLETE_MARKER).write_text("ok\n")
         backup = None
@@ -151,6 +162,12 @@ def save_checkpoint(
         log.info("saved checkpoint %s", final)
     _barrier()
     return final
+
+
+def tokenizer_path(path: str | os.PathLike) -> Optional[Path]:
+    """The tokenizer directory carried by the checkpoint at ``path``, or None if it has none."""
+    p = Path(path) / TOKENIZER_DIR
+    return p if p.is_dir() else None
 
 
 def check_compatible(saved: ModelConfig, wanted: ModelConfig, path: str | os.PathLike) -> None:
