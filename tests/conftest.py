@@ -23,9 +23,9 @@ def world():
     yield ctx
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def tiny_cfg():
-    """The tiny Llama-style test model: 4 layers, hidden 64, 8 heads / 4 groups, vocab 256."""
+    """The tiny Llama-style test model: 4 layers, hidden 64, 8 heads / 4 groups, vocab 256 (use .replace())."""
     from nemo_minitron.config.model import ModelConfig
 
     return ModelConfig(name="tiny", num_layers=4, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8,
