@@ -190,7 +190,9 @@ def load_checkpoint(model: torch.nn.Module, cfg: ModelConfig, path: str | os.Pat
     module = getattr(model, "module", model)
     try:
         state = dist_checkpointing.load(module.sharded_state_dict(prefix=""), str(Path(path) / WEIGHTS_DIR))
-    except Exception as exc:  # dist_checkpointing raises many types on corrupt/missing shards
+    except BaseException as exc:  # torch DCP's CheckpointException is not an Exception subclass
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
         raise CheckpointError(f"checkpoint {path}: failed to read weights ({type(exc).__name__}: {exc})") from exc
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]

@@ -1,0 +1,43 @@
+"""Launcher environment detection (torchrun, SLURM, single process)."""
+
+import pytest
+
+from nemo_minitron.runtime import detect_dist_env, first_slurm_host
+
+
+@pytest.mark.parametrize(
+    "nodelist,first",
+    [
+        ("node01", "node01"),
+        ("gpu[003-005,007]", "gpu003"),
+        ("gpu[12,14-15],cpu01", "gpu12"),
+        ("a-b-c,d", "a-b-c"),
+    ],
+)
+def test_first_slurm_host(nodelist, first):
+    assert first_slurm_host(nodelist) == first
+
+
+def test_torchrun_env():
+    env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "h0", "MASTER_PORT": "1234"}
+    d = detect_dist_env(env)
+    assert (d.rank, d.world_size, d.local_rank, d.master_addr, d.master_port, d.launcher) == (3, 8, 1, "h0", 1234, "torchrun")
+
+
+def test_slurm_env():
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "5", "SLURM_JOB_NODELIST": "dgx[07-08]",
+           "SLURM_JOB_ID": "123456"}
+    d = detect_dist_env(env)
+    assert (d.rank, d.world_size, d.local_rank, d.master_addr, d.launcher) == (5, 16, 5, "dgx07", "slurm")
+    assert d.master_port == 20000 + 123456 % 20000
+    assert detect_dist_env(env | {"MASTER_PORT": "4000", "MASTER_ADDR": "x"}).master_port == 4000
+
+
+def test_torchrun_env_wins_over_slurm():
+    env = {"RANK": "0", "WORLD_SIZE": "2", "SLURM_PROCID": "1", "SLURM_NTASKS": "2"}
+    assert detect_dist_env(env).launcher == "torchrun"
+
+
+def test_single_process_env():
+    d = detect_dist_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"})
+    assert (d.rank, d.world_size, d.launcher) == (0, 1, "single") and d.master_port > 0
