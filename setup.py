@@ -1,0 +1,20 @@
+"""Package list for setuptools: the library plus the top-level conf/ shipped as ``nemo_minitron.conf``.
+
+Everything else is in pyproject.toml. conf/ stays at the top of the checkout (Hydra users expect it
+there) and is installed as package data so ``nemo_minitron.paths.conf_dir()`` finds it in a wheel.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+conf_groups = sorted(
+    str(p.relative_to("conf")).replace("/", ".") for p in Path("conf").rglob("*") if p.is_dir()
+)
+setup(
+    packages=find_packages(include=["nemo_minitron", "nemo_minitron.*"]) + ["nemo_minitron.conf"]
+    + [f"nemo_minitron.conf.{g}" for g in conf_groups],
+    package_dir={"nemo_minitron.conf": "conf"},
+    package_data={"nemo_minitron.conf": ["*.yaml", "**/*.yaml"]},
+    include_package_data=True,
+)
