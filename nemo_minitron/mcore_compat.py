@@ -64,7 +64,6 @@ def make_transformer_config(**kwargs: Any) -> Any:
     fields = {f.name: f for f in dataclasses.fields(TransformerConfig)}
     unknown = {k: v for k, v in kwargs.items() if k not in fields}
     for key, value in unknown.items():
-        f = fields.get(key)
         raise TypeError(f"TransformerConfig of megatron-core {mcore_version()} has no field {key!r} (value {value!r})")
     return TransformerConfig(**kwargs)
 

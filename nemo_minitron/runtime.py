@@ -109,7 +109,7 @@ def seed_everything(seed: int, tp_rank: int = 0) -> None:
 
 @dataclass(frozen=True)
 class ParallelContext:
-    """This rank's coordinates in the TP × PP × DP grid plus its process groups.
+    """Coordinates of this rank in the TP × PP × DP grid, plus its process groups.
 
     Pass it explicitly to functions that communicate instead of reading megatron's globals.
     """

@@ -66,8 +66,6 @@ def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, micro_batch_siz
         micro_batch_size=mbs,
         forward_only=True,
     )
-    tp_size = ps.get_tensor_model_parallel_world_size()
-    vocab = None
     if ps.is_pipeline_last_stage():
         logits = torch.cat([gather_vocab_parallel(r["logits"].float()) for r in results], dim=0)
         vocab = logits.shape[-1]
@@ -80,6 +78,5 @@ def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, micro_batch_siz
         if not ps.is_pipeline_last_stage():
             logits = torch.empty(batch, seq, int(size.item()), dtype=torch.float32, device=device)
         dist.broadcast(logits, src=src, group=ps.get_pipeline_model_parallel_group())
-    del tp_size
     model.train(was_training)
     return logits

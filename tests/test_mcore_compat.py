@@ -1,0 +1,33 @@
+"""Version isolation helpers: unknown arguments are dropped only when unset, never silently when set."""
+
+import pytest
+
+from nemo_minitron import mcore_compat
+
+
+def _spec(a, b=None):
+    return (a, b)
+
+
+def test_supported_kwargs_pass_through():
+    assert mcore_compat._call_with_supported_kwargs(_spec, a=1, b=2) == (1, 2)
+
+
+def test_unset_unknown_kwargs_are_dropped():
+    assert mcore_compat._call_with_supported_kwargs(_spec, a=1, newer_flag=False, other=None) == (1, None)
+
+
+def test_set_unknown_kwargs_fail_loudly():
+    with pytest.raises(TypeError, match="newer_flag"):
+        mcore_compat._call_with_supported_kwargs(_spec, a=1, newer_flag=True)
+
+
+def test_transformer_config_unknown_field():
+    with pytest.raises(TypeError, match="no field 'not_a_field'"):
+        mcore_compat.make_transformer_config(num_layers=2, hidden_size=8, num_attention_heads=2, not_a_field=1)
+
+
+def test_version_and_te_detection():
+    assert mcore_compat.mcore_version() >= (0, 16, 0)
+    assert mcore_compat.have_transformer_engine() in (True, False)
+    assert mcore_compat.gpt_model_class().__name__ == "GPTModel"
