@@ -13,6 +13,10 @@ from hydra.core.config_store import ConfigStore
 
 _MODULES = (
     "nemo_minitron.config.schemas",
+    "nemo_minitron.config.prune",
+    "nemo_minitron.config.train",
+    "nemo_minitron.config.data",
+    "nemo_minitron.config.interop",
 )
 
 _done = False

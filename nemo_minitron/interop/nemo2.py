@@ -1,0 +1,190 @@
+"""NeMo 2 checkpoint directories in and out.
+
+Layout (as written by NeMo 2 for GPT models)::
+
+    NEMO2/
+      context/model.yaml                 _target_ model class, config: {TransformerConfig fields}, tokenizer
+      context/nemo_tokenizer/            Hugging Face tokenizer files
+      context/artifacts/generation_config.json   (when the tokenizer carries one)
+      weights/                           megatron dist checkpoint (torch_dist): keys prefixed ``module.``,
+                                         layers stacked, norms under the TE-fused names, + metadata.json, common.pt
+
+Import reads the architecture from ``context/model.yaml`` (vocabulary size from the embedding's
+shape when the YAML leaves it null) and loads ``weights/`` strictly with either norm spelling
+(:func:`~nemo_minitron.interop.te_names.load_dist_weights`). Export writes ``model.yaml`` in
+NeMo's vocabulary plus the tokenizer and weights; megatron-core (and this library) read it
+directly. NeMo's own ``io.load_context`` additionally needs ``context/io.json``, a fiddle
+serialisation of the Python objects, which is not written here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch.distributed as dist
+import yaml
+
+from nemo_minitron.config.model import ConfigError, ModelConfig
+from nemo_minitron.logging import get_logger
+
+log = get_logger(__name__)
+
+PathLike = Union[str, os.PathLike]
+PREFIX = "module."
+_ACT_TARGETS = {"silu": "torch.nn.functional.silu", "gelu": "torch.nn.functional.gelu",
+                "relu": "torch.nn.functional.relu", "squared_relu": "megatron.core.activations.squared_relu"}
+_MODEL_CLASSES = {  # (model class, config class) by family, for model.yaml's _target_ fields
+    "llama": ("nemo.collections.llm.gpt.model.llama.LlamaModel", "nemo.collections.llm.gpt.model.llama.LlamaConfig"),
+    "llama31": ("nemo.collections.llm.gpt.model.llama.LlamaModel", "nemo.collections.llm.gpt.model.llama.Llama31Config"),
+    "mistral": ("nemo.collections.llm.gpt.model.mistral.MistralModel",
+                "nemo.collections.llm.gpt.model.mistral.MistralConfig7B"),
+    "qwen2": ("nemo.collections.llm.gpt.model.qwen2.Qwen2Model", "nemo.collections.llm.gpt.model.qwen2.Qwen2Config"),
+    "qwen3": ("nemo.collections.llm.gpt.model.qwen3.Qwen3Model", "nemo.collections.llm.gpt.model.qwen3.Qwen3Config"),
+}
+TOKENIZER_TARGET = "nemo.collections.common.tokenizers.huggingface.auto_tokenizer.AutoTokenizer"
+
+
+def is_nemo2_dir(path: PathLike) -> bool:
+    """True when ``path`` looks like a NeMo 2 checkpoint directory (context/ and weights/)."""
+    p = Path(path)
+    return (p / "context" / "model.yaml").is_file() and (p / "weights").is_dir()
+
+
+def _activation_name(value: Any) -> str:
+    target = value.get("_target_", "") if isinstance(value, dict) else str(value or "")
+    for name in ("squared_relu", "silu", "gelu", "relu"):
+        if target.endswith(name) or target.endswith("fast_" + name):
+            return name
+    raise ConfigError(f"context/model.yaml config.activation_func={value!r} is not supported")
+
+
+def model_config_from_nemo2(model_yaml: dict[str, Any], vocab_size: Optional[int] = None) -> ModelConfig:
+    """A :class:`ModelConfig` from the ``config`` section of a NeMo 2 ``context/model.yaml``."""
+    c = model_yaml.get("config", model_yaml)
+    target = str(c.get("_target_", ""))
+
+    def req(key: str) -> Any:
+        if c.get(key) is None:
+            raise ConfigError(f"context/model.yaml config.{key} is missing")
+        return c[key]
+
+    heads = req("num_attention_heads")
+    # Llama-3.1/3.2 configs carry the RoPE scaling as scale_factor (+ low/high_freq_factor, old_context_len)
+    scaled = "Llama31" in target or "Llama32" in target or c.get("scale_factor") is not None
+    for key, want in (("low_freq_factor", 1.0), ("high_freq_factor", 4.0), ("old_context_len", 8192)):
+        if scaled and c.get(key) is not None and float(c[key]) != want:
+            raise ConfigError(f"context/model.yaml config.{key}={c[key]} is not supported (megatron-core uses {want})")
+    vocab = c.get("vocab_size") or vocab_size
+    if not vocab:
+        raise ConfigError("context/model.yaml config.vocab_size is null and the embedding shape is unknown")
+    return ModelConfig(
+        name=Path(target.split(".")[-1] or "nemo2").name,
+        num_layers=req("num_layers"), hidden_size=req("hidden_size"), ffn_hidden_size=req("ffn_hidden_size"),
+        num_attention_heads=heads, num_query_groups=c.get("num_query_groups") or heads,
+        kv_channels=c.get("kv_channels") or req("hidden_size") // heads, vocab_size=int(vocab),
+        max_position_embeddings=int(c.get("seq_length") or c.get("max_position_embeddings") or 4096),
+        normalization=c.get("normalization", "RMSNorm"), layernorm_epsilon=float(c.get("layernorm_epsilon", 1e-5)),
+        activation=_activation_name(c.get("activation_func", "silu")),
+        gated_linear_unit=bool(c.get("gated_linear_unit", True)),
+        position_embedding_type=c.get("position_embedding_type", "rope"),
+        rotary_base=float(c.get("rotary_base", 10000.0)), rotary_percent=float(c.get("rotary_percent", 1.0)),
+        rope_scaling=bool(scaled), rope_scaling_factor=float(c.get("scale_factor") or 8.0),
+        share_embeddings_and_output_weights=bool(c.get("share_embeddings_and_output_weights", False)),
+        add_qkv_bias=bool(c.get("add_qkv_bias", False)), add_bias_linear=bool(c.get("add_bias_linear", False)),
+        qk_layernorm=bool(c.get("qk_layernorm", False)),
+    ).validate()
+
+
+def model_yaml_from_config(cfg: ModelConfig) -> dict[str, Any]:
+    """``context/model.yaml`` content (NeMo's field names) for ``cfg``."""
+    family = "qwen3" if cfg.qk_layernorm else "qwen2" if cfg.add_qkv_bias else "llama31" if cfg.rope_scaling else "llama"
+    model_cls, cfg_cls = _MODEL_CLASSES[family]
+    conf: dict[str, Any] = {
+        "_target_": cfg_cls, "num_layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
+        "ffn_hidden_size": cfg.ffn_hidden_size, "num_attention_heads": cfg.num_attention_heads,
+        "num_query_groups": cfg.query_groups, "kv_channels": cfg.head_dim, "seq_length": cfg.max_position_embeddings,
+        "vocab_size": cfg.vocab_size, "normalization": cfg.normalization, "layernorm_epsilon": cfg.layernorm_epsilon,
+        "activation_func": {"_target_": _ACT_TARGETS[cfg.activation], "_call_": False},
+        "gated_linear_unit": cfg.gated_linear_unit, "position_embedding_type": cfg.position_embedding_type,
+        "rotary_base": cfg.rotary_base, "rotary_percent": cfg.rotary_percent,
+        "share_embeddings_and_output_weights": cfg.share_embeddings_and_output_weights,
+        "add_bias_linear": cfg.add_bias_linear, "add_qkv_bias": cfg.add_qkv_bias, "qk_layernorm": cfg.qk_layernorm,
+        "hidden_dropout": 0.0, "attention_dropout": 0.0, "make_vocab_size_divisible_by": 128,
+    }
+    if cfg.rope_scaling:
+        conf.update(scale_factor=cfg.rope_scaling_factor, low_freq_factor=1.0, high_freq_factor=4.0,
+                    old_context_len=8192)
+    return {"_target_": model_cls, "config": conf,
+            "tokenizer": {"_target_": TOKENIZER_TARGET, "pretrained_model_name": "nemo_tokenizer"}}
+
+
+def import_nemo2(nemo2_dir: PathLike, output_ckpt: PathLike, tp: int = 1, pp: int = 1, *,
+                 precision: str = "auto", overwrite: bool = False) -> Path:
+    """Convert a NeMo 2 checkpoint directory into a nemo_minitron megatron checkpoint (collective)."""
+    from nemo_minitron.checkpoint import save_checkpoint
+    from nemo_minitron.interop.megatron_io import build_model_for_conversion, conversion_layout
+    from nemo_minitron.interop.te_names import checkpoint_tensor_keys, load_dist_weights
+
+    src = Path(nemo2_dir)
+    if not is_nemo2_dir(src):
+        raise FileNotFoundError(f"input_path={src} is not a NeMo 2 checkpoint (needs context/model.yaml and weights/)")
+    model_yaml = yaml.safe_load((src / "context" / "model.yaml").read_text())
+    emb = checkpoint_tensor_keys(src / "weights").get(PREFIX + "embedding.word_embeddings.weight")
+    cfg = model_config_from_nemo2(model_yaml, vocab_size=emb[0] if emb else None).replace(precision=precision)
+    cfg.replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp).validate()
+    btp, bpp = conversion_layout(tp, pp)
+    model = build_model_for_conversion(cfg, btp, bpp)
+    load_dist_weights(model, src / "weights", prefix=PREFIX)
+    tok = src / "context" / "nemo_tokenizer"
+    out = save_checkpoint(model, cfg.replace(tensor_model_parallel_size=btp, pipeline_model_parallel_size=bpp),
+                          output_ckpt, overwrite=overwrite, tokenizer_dir=tok if tok.is_dir() else None,
+                          extra_metadata={"source": {"format": "nemo2", "path": str(src.absolute())}})
+    log.info("imported NeMo 2 checkpoint %s → %s", src, out)
+    return out
+
+
+def export_nemo2(ckpt: PathLike, output_dir: PathLike, *, overwrite: bool = False) -> Path:
+    """Write megatron checkpoint ``ckpt`` as a NeMo 2 checkpoint directory (collective; atomic)."""
+    from megatron.core import dist_checkpointing
+
+    from nemo_minitron.checkpoint import _broadcast_str, tokenizer_path
+    from nemo_minitron.interop.hf import load_for_export
+
+    t0 = time.perf_counter()
+    final = Path(output_dir).absolute()
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"output {final} already exists; set overwrite=true or choose another output_path")
+    model, cfg, _ = load_for_export(ckpt)
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    tmp_name = None
+    if rank0:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp_name = str(final.parent / f".{final.name}.incomplete-{os.getpid()}-{time.time_ns()}")
+        (Path(tmp_name) / "weights").mkdir(parents=True)
+    tmp = Path(_broadcast_str(tmp_name))
+    if dist.is_initialized():
+        dist.barrier()
+    dist_checkpointing.save(model.sharded_state_dict(prefix=PREFIX), str(tmp / "weights"))
+    if rank0:
+        ctx = tmp / "context"
+        ctx.mkdir()
+        (ctx / "model.yaml").write_text(yaml.safe_dump(model_yaml_from_config(cfg), sort_keys=False))
+        tok = tokenizer_path(ckpt)
+        if tok is not None:
+            shutil.copytree(tok, ctx / "nemo_tokenizer")
+            if (tok / "generation_config.json").is_file():
+                (ctx / "artifacts").mkdir()
+                shutil.copy2(tok / "generation_config.json", ctx / "artifacts" / "generation_config.json")
+        else:
+            log.warning("checkpoint %s carries no tokenizer; %s/context has none either", ckpt, final)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        log.info("exported %s → NeMo 2 directory %s (%.1f s)", ckpt, final, time.perf_counter() - t0)
+    if dist.is_initialized():
+        dist.barrier()
+    return final

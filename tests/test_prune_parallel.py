@@ -1,0 +1,75 @@
+"""Scores, kept indices and pruned weights are the same at TP=1, DP=2, TP=2, PP=2 and TP=2×PP=2."""
+
+import json
+
+import pytest
+import torch
+
+from tests.launch import REPO, torchrun
+from tests.workers.prune_layouts import job_for
+
+pytestmark = pytest.mark.multiproc
+
+WORKER = REPO / "tests" / "workers" / "prune_layouts.py"
+
+
+def _close(a, b, path="scores"):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        torch.testing.assert_close(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64),
+                                   rtol=2e-5, atol=1e-7, msg=path)
+    else:
+        assert a == pytest.approx(b, rel=2e-5, abs=1e-7), path
+
+
+def _state(path):
+    from nemo_minitron import runtime
+    from nemo_minitron.checkpoint import load_checkpoint, load_model_config
+    from nemo_minitron.models.builder import build_gpt_model
+
+    cfg = load_model_config(path)
+    runtime.init_model_parallel(1, 1, seed=1)
+    model = build_gpt_model(cfg)
+    load_checkpoint(model, cfg, path)
+    return {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def test_prune_is_layout_independent(tmp_path):
+    from nemo_minitron import runtime
+    from nemo_minitron.checkpoint import save_checkpoint
+    from nemo_minitron.config.model import ModelConfig
+    from nemo_minitron.models.builder import build_gpt_model
+    from nemo_minitron.prune.pipeline import run_prune
+
+    runtime.init_model_parallel(1, 1, seed=3)
+    cfg = ModelConfig(name="tiny", num_layers=4, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8,
+                      num_query_groups=4, vocab_size=256, max_position_embeddings=256)
+    save_checkpoint(build_gpt_model(cfg), cfg, tmp_path / "ckpt")
+    g = torch.Generator().manual_seed(9)
+    tokens = torch.randint(0, 256, (32, 32), generator=g)
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    mask[1::4, 20:] = False
+    torch.save({"tokens": tokens, "mask": mask}, tmp_path / "calib.pt")
+
+    run_prune(job_for(tmp_path, 1, 1, "ref"))
+    ref = json.loads((tmp_path / "ref" / "pruning_report.json").read_text())
+    results = torchrun(WORKER, 2, [str(tmp_path), "1x1,2x1,1x2"], timeout=400)
+    results += torchrun(WORKER, 4, [str(tmp_path), "2x2"], timeout=400)
+    assert sorted(r["layout"] + f"/w{r['world']}" for r in results) == ["1x1/w2", "1x2/w2", "2x1/w2", "2x2/w4"]
+    ref_state = _state(tmp_path / "ref")
+    for r in results:
+        rep = json.loads((tmp_path / r["out"] / "pruning_report.json").read_text())
+        tag = r["out"]
+        assert rep["layout"]["world_size"] == r["world"]
+        assert rep["kept"] == ref["kept"], tag
+        assert rep["dropped"] == ref["dropped"], tag
+        assert rep["pruned_config"] == ref["pruned_config"], tag
+        _close(rep["scores"], ref["scores"], tag)
+        state = _state(tmp_path / r["out"])
+        assert state.keys() == ref_state.keys()
+        for k in state:
+            assert torch.equal(state[k], ref_state[k]), f"{tag}: {k}"
+        assert rep["validation"]["loss_after"] == pytest.approx(ref["validation"]["loss_after"], rel=1e-6)

