@@ -38,7 +38,9 @@ def main(cfg) -> None:
 
     # 1. validate the request before touching any file
     job = OmegaConf.to_object(cfg).validate()
-    print(OmegaConf.to_yaml(cfg))
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints
+    if rank0:
+        print(OmegaConf.to_yaml(cfg))
 
     # 2. convert (imports into a megatron checkpoint, then exports if another format was asked for)
     start = time.perf_counter()
@@ -49,7 +51,8 @@ def main(cfg) -> None:
                   trust_remote_code=job.trust_remote_code, overwrite=job.overwrite, cache_dir=job.cache_dir)
 
     # 3. report
-    print(f"wrote {out} ({job.output_format}) in {time.perf_counter() - start:.1f} s")
+    if rank0:
+        print(f"wrote {out} ({job.output_format}) in {time.perf_counter() - start:.1f} s")
     runtime.shutdown()
 
 

@@ -70,7 +70,10 @@ def test_nemo2_out_and_in(world, tmp_path):
     model_yaml = yaml.safe_load((nemo / "context" / "model.yaml").read_text())
     assert model_yaml["config"]["kv_channels"] == 24 and model_yaml["config"]["num_query_groups"] == 4
 
-    back = convert(nemo, "nemo2", tmp_path / "hf_back", "hf")
+    with tarfile.open(tmp_path / "model.nemo", "w") as tar:  # a packed NeMo 2 checkpoint imports too
+        tar.add(nemo, arcname="model")
+    back = convert(tmp_path / "model.nemo", "nemo2", tmp_path / "hf_back", "hf")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert (back / "tokenizer.json").is_file()
     assert torch.equal(hf_logits(back), ref)
     with pytest.raises(FileExistsError, match="already exists"):

@@ -21,6 +21,28 @@ def test_gguf_input_detection(tmp_path, monkeypatch):
     assert cache_root() == tmp_path and cache_root("/x") == type(tmp_path)("/x")
 
 
+def test_tiny_gguf_to_megatron_and_hf(world, tmp_path):
+    """GGUF in through transformers' loader: logits match transformers, the GGUF tokenizer is carried along."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nemo_minitron.checkpoint import tokenizer_path
+    from nemo_minitron.interop.convert import convert
+    from nemo_minitron.interop.gguf import dtype_kwarg
+    from tests.workers.interop_common import hf_logits, make_tiny_gguf, megatron_logits
+
+    f = make_tiny_gguf(tmp_path / "tiny.gguf")
+    ref_model = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=f.name,
+                                                     **dtype_kwarg(torch.float32)).eval()
+    ckpt = convert(f, "gguf", tmp_path / "ckpt", "megatron")
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_path(ckpt)))
+    ids = torch.tensor([tok("the the t he")["input_ids"] + list(range(10, 20))])
+    ref = hf_logits(ref_model, ids)
+    assert (megatron_logits(ckpt, tokens=ids) - ref).abs().max() < 1e-5
+    out = convert(ckpt, "megatron", tmp_path / "hf", "hf")
+    assert (out / "tokenizer.json").is_file()
+    assert torch.equal(hf_logits(out, ids), ref)
+
+
 @pytest.mark.slow
 def test_smollm2_gguf_import_matches_transformers(world, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -172,3 +172,18 @@ def test_tp2_import_and_logits(tmp_path):
         assert r["tp2_vs_hf"] < TOL, r
         assert r["pp2_vs_hf"] is None or r["pp2_vs_hf"] < TOL, r
         assert r["roundtrip_vs_hf"] == 0.0, r
+
+
+def test_bf16_source_roundtrips_bitwise(world, tmp_path):
+    """A bf16 checkpoint converted with model.precision=bf16 exports with dtype=auto to the identical bytes."""
+    from safetensors.torch import load_file
+
+    from nemo_minitron.interop.hf import export_hf, import_hf
+
+    make_hf_model("qwen2", tmp_path / "hf").to(torch.bfloat16).save_pretrained(str(tmp_path / "hf"))
+    ckpt = import_hf(tmp_path / "hf", tmp_path / "ckpt", precision="bf16")
+    out = export_hf(ckpt, tmp_path / "out")
+    assert json.loads((out / "config.json").read_text()).get("dtype", "bfloat16") == "bfloat16"
+    a, b = load_file(tmp_path / "hf" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert sorted(a) == sorted(b)
+    assert all(b[k].dtype == torch.bfloat16 and torch.equal(a[k], b[k]) for k in a)

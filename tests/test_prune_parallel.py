@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
+from nemo_minitron.models.forward import forward_logits
 from tests.launch import REPO, torchrun
-from tests.workers.prune_layouts import job_for
+from tests.workers.prune_layouts import TOKENS, job_for
 
 pytestmark = pytest.mark.multiproc
 
@@ -25,7 +26,7 @@ def _close(a, b, path="scores"):
         assert a == pytest.approx(b, rel=2e-5, abs=1e-7), path
 
 
-def _state(path):
+def _model(path):
     from nemo_minitron import runtime
     from nemo_minitron.checkpoint import load_checkpoint, load_model_config
     from nemo_minitron.models.builder import build_gpt_model
@@ -34,7 +35,11 @@ def _state(path):
     runtime.init_model_parallel(1, 1, seed=1)
     model = build_gpt_model(cfg)
     load_checkpoint(model, cfg, path)
-    return {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    return model
+
+
+def _state(path):
+    return {k: v for k, v in _model(path).state_dict().items() if isinstance(v, torch.Tensor)}
 
 
 def test_prune_is_layout_independent(tmp_path):
@@ -58,8 +63,14 @@ def test_prune_is_layout_independent(tmp_path):
     ref = json.loads((tmp_path / "ref" / "pruning_report.json").read_text())
     results = torchrun(WORKER, 2, [str(tmp_path), "1x1,2x1,1x2"], timeout=400)
     results += torchrun(WORKER, 4, [str(tmp_path), "2x2"], timeout=400)
+    tp2 = [r.pop("tp2_logits") for r in results if "tp2_logits" in r]
+    results = [r for r in results if r]
+    assert len(tp2) == 2
     assert sorted(r["layout"] + f"/w{r['world']}" for r in results) == ["1x1/w2", "1x2/w2", "2x1/w2", "2x2/w4"]
     ref_state = _state(tmp_path / "ref")
+    ref_logits = forward_logits(_model(tmp_path / "ref"), TOKENS)
+    for logits in tp2:  # the pruned checkpoint gives the same logits at TP=2
+        torch.testing.assert_close(torch.tensor(logits), ref_logits, atol=1e-5, rtol=1e-5)
     for r in results:
         rep = json.loads((tmp_path / r["out"] / "pruning_report.json").read_text())
         tag = r["out"]

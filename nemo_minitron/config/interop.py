@@ -29,7 +29,7 @@ class ConvertConfig:
     """Convert a checkpoint between Hugging Face, GGUF, NeMo 2 and nemo_minitron megatron formats."""
 
     input_path: str = MISSING
-    """Input: HF model directory, .gguf file (or the shortcut `smollm2`), NeMo 2 directory or megatron checkpoint."""
+    """Input: HF model dir, .gguf file (or the shortcut `smollm2`), NeMo 2 dir (or a tar of one), megatron checkpoint."""
 
     input_format: str = "hf"
     """hf, gguf, nemo2 or megatron."""

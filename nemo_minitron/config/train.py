@@ -344,10 +344,10 @@ class DemoConfig:
     seq_length: int = 256
     """Tokens per training / evaluation sample."""
 
-    train_steps: int = 30
+    train_steps: int = 40
     """Optimizer steps of the KD run and of the LM-loss baseline (identical data and schedule)."""
 
-    micro_batch_size: int = 4
+    micro_batch_size: int = 2
     """Sequences per micro-batch."""
 
     global_batch_size: int = 8

@@ -209,9 +209,12 @@ def hf_config_from_model_config(cfg: ModelConfig, model_type: Optional[str] = No
             kwargs[k] = v
     hf_cfg = AutoConfig.for_model(model_type, **kwargs)
     hf_cfg.architectures = [ARCHITECTURES[model_type]]
-    hf_cfg.torch_dtype = dtype  # transformers < 5 reads torch_dtype, >= 5 dtype
-    if hasattr(hf_cfg, "dtype"):
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
         hf_cfg.dtype = dtype
+    else:  # pragma: no cover - transformers 4.x names it torch_dtype
+        hf_cfg.torch_dtype = dtype
     return hf_cfg
 
 

@@ -124,12 +124,42 @@ def model_yaml_from_config(cfg: ModelConfig) -> dict[str, Any]:
 
 def import_nemo2(nemo2_dir: PathLike, output_ckpt: PathLike, tp: int = 1, pp: int = 1, *,
                  precision: str = "auto", overwrite: bool = False) -> Path:
-    """Convert a NeMo 2 checkpoint directory into a nemo_minitron megatron checkpoint (collective)."""
+    """Convert a NeMo 2 checkpoint (directory, or a tar archive of one) into a megatron checkpoint (collective).
+
+    Archives are extracted next to ``output_ckpt`` with :func:`~nemo_minitron.interop.safety.safe_extract_tar`
+    (members escaping the target are refused) and removed afterwards.
+    """
+    import tarfile
+
+    from nemo_minitron.checkpoint import _broadcast_str
+
+    src = Path(nemo2_dir)
+    if not (src.is_file() and tarfile.is_tarfile(src)):
+        return _import_nemo2_dir(src, output_ckpt, tp, pp, precision, overwrite)
+    from nemo_minitron.interop.safety import safe_extract_tar
+
+    out = Path(output_ckpt).absolute()
+    staging = None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        staging = str(out.parent / f".{out.name}.nemo2-extract-{os.getpid()}")
+        safe_extract_tar(src, staging)
+        found = [p.parent.parent for p in Path(staging).rglob("context/model.yaml")]
+        staging = str(found[0]) if len(found) == 1 else staging
+    root = Path(_broadcast_str(staging))
+    try:
+        return _import_nemo2_dir(root, output_ckpt, tp, pp, precision, overwrite)
+    finally:
+        if dist.is_initialized():
+            dist.barrier()
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            shutil.rmtree(out.parent / f".{out.name}.nemo2-extract-{os.getpid()}", ignore_errors=True)
+
+
+def _import_nemo2_dir(src: Path, output_ckpt: PathLike, tp: int, pp: int, precision: str, overwrite: bool) -> Path:
     from nemo_minitron.checkpoint import save_checkpoint
     from nemo_minitron.interop.megatron_io import build_model_for_conversion, conversion_layout
     from nemo_minitron.interop.te_names import checkpoint_tensor_keys, load_dist_weights
 
-    src = Path(nemo2_dir)
     if not is_nemo2_dir(src):
         raise FileNotFoundError(f"input_path={src} is not a NeMo 2 checkpoint (needs context/model.yaml and weights/)")
     model_yaml = yaml.safe_load((src / "context" / "model.yaml").read_text())

@@ -126,24 +126,27 @@ class Trainer:
         from megatron.core import tensor_parallel
 
         mask = batch["loss_mask"].float()
-        tp_group = self.ctx.tp_group
-        # With skip_lm_loss the LM loss is only reported: no autograd graph (saves a [b, s, V] softmax).
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not (self.distill and self.cfg.kd.skip_lm_loss)):
-            lm_tok = tensor_parallel.vocab_parallel_cross_entropy(output.float(), batch["labels"])
-            lm = losses.masked_mean(lm_tok, mask)
-        if not self.distill:
-            out = {"loss": lm, "lm_loss": lm}
-        else:
+        kd_parts = None
+        if self.distill:
             kd = self.cfg.kd
-            kl_tok = losses.vocab_parallel_logit_kl(output, teacher_logits, tp_group, kd.temperature, kd.reverse_kl,
-                                                    kd.scale_by_t2, kd.top_k)
-            kl = losses.masked_mean(kl_tok, mask)
+            kl_tok = losses.vocab_parallel_logit_kl(output, teacher_logits, self.ctx.tp_group, kd.temperature,
+                                                    kd.reverse_kl, kd.scale_by_t2, kd.top_k)
             inter_loss = None
             if inter:
                 per_pair = [losses.masked_mean(losses.hidden_state_loss(s, t, kd.intermediate_loss)
                                                .transpose(0, 1), mask) for s, t in inter]
                 inter_loss = torch.stack(per_pair).mean()
-            out = losses.balance_losses(lm, kl, inter_loss, kd.skip_lm_loss, kd.kd_loss_scale)
+            kd_parts = (losses.masked_mean(kl_tok, mask), inter_loss)
+        # megatron's vocab_parallel_cross_entropy overwrites its input in place (logits -> exp(logits - max)),
+        # so it runs after everything else that reads the logits. With skip_lm_loss the LM loss is only
+        # reported: no autograd graph.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not (self.distill and self.cfg.kd.skip_lm_loss)):
+            lm_tok = tensor_parallel.vocab_parallel_cross_entropy(output.float(), batch["labels"])
+            lm = losses.masked_mean(lm_tok, mask)
+        if kd_parts is None:
+            out = {"loss": lm, "lm_loss": lm}
+        else:
+            out = losses.balance_losses(lm, kd_parts[0], kd_parts[1], self.cfg.kd.skip_lm_loss, self.cfg.kd.kd_loss_scale)
         # floats now: the schedule divides the returned loss tensor in place by the micro-batch count
         report = {k: float(v.detach()) for k, v in out.items()}
         return out["loss"], report

@@ -98,3 +98,57 @@ def megatron_logits(ckpt: Path, tp: int = 1, pp: int = 1, tokens: torch.Tensor =
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def make_tiny_gguf(path: Path, seed: int = 0) -> Path:
+    """A tiny random Llama GGUF (F32 tensors, byte-level BPE tokenizer) written with the `gguf` package."""
+    import gguf
+    import numpy as np
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    layers, hidden, ffn, heads, kv_heads, head_dim = 2, 64, 96, 8, 4, 8
+    b2u = bytes_to_unicode()
+    tokens = [b2u[i] for i in range(256)] + ["<s>", "</s>", "Ġt", "he"]
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny-llama")
+    w.add_block_count(layers)
+    w.add_context_length(256)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(head_dim)
+    w.add_file_type(0)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * 256 + [3, 3, 1, 1])
+    w.add_token_merges(["Ġ t", "h e"])
+    w.add_bos_token_id(256)
+    w.add_eos_token_id(257)
+    rng = np.random.default_rng(seed)
+
+    def add(name, shape, norm=False):
+        a = 1 + 0.2 * rng.standard_normal(shape) if norm else 0.1 * rng.standard_normal(shape)
+        w.add_tensor(name, a.astype(np.float32))
+
+    add("token_embd.weight", (len(tokens), hidden))
+    for i in range(layers):
+        add(f"blk.{i}.attn_norm.weight", (hidden,), True)
+        add(f"blk.{i}.attn_q.weight", (heads * head_dim, hidden))
+        add(f"blk.{i}.attn_k.weight", (kv_heads * head_dim, hidden))
+        add(f"blk.{i}.attn_v.weight", (kv_heads * head_dim, hidden))
+        add(f"blk.{i}.attn_output.weight", (hidden, heads * head_dim))
+        add(f"blk.{i}.ffn_norm.weight", (hidden,), True)
+        add(f"blk.{i}.ffn_gate.weight", (ffn, hidden))
+        add(f"blk.{i}.ffn_up.weight", (ffn, hidden))
+        add(f"blk.{i}.ffn_down.weight", (hidden, ffn))
+    add("output_norm.weight", (hidden,), True)
+    add("output.weight", (len(tokens), hidden))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

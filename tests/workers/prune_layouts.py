@@ -16,6 +16,7 @@ import torch  # noqa: E402
 
 from tests.launch import report  # noqa: E402
 
+TOKENS = torch.arange(16).view(2, 8) * 13 % 256
 TARGETS = dict(ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2, hidden_size=48, num_layers=3)
 
 
@@ -45,6 +46,18 @@ def main() -> None:
         rep = run_prune(job_for(root, tp, pp, out))
         if torch.distributed.get_rank() == 0:
             report({"layout": layout, "world": world, "out": out, "loss_after": rep["validation"]["loss_after"]})
+    if world >= 2:  # the TP=1 reference's pruned checkpoint loads and runs at TP=2
+        from nemo_minitron.checkpoint import load_checkpoint, load_model_config
+        from nemo_minitron.models.builder import build_gpt_model
+        from nemo_minitron.models.forward import forward_logits
+
+        cfg = load_model_config(root / "ref").replace(tensor_model_parallel_size=2)
+        runtime.init_model_parallel(2, 1, seed=1)
+        model = build_gpt_model(cfg)
+        load_checkpoint(model, cfg, root / "ref")
+        logits = forward_logits(model, TOKENS)
+        if torch.distributed.get_rank() == 0:
+            report({"tp2_logits": logits.tolist()})
     runtime.shutdown()
 
 

@@ -1,0 +1,73 @@
+"""The trainer's loss and gradients equal an independent dense computation on plain (unwrapped) models.
+
+Guards the loss plumbing around megatron (DDP, schedules, vocab-parallel CE that overwrites its input)
+rather than the loss math itself (tests/test_distill_losses.py).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nemo_minitron.checkpoint import load_checkpoint
+from nemo_minitron.distill import losses
+from nemo_minitron.models.builder import build_gpt_model
+from tests.workers.distill_common import SyntheticData, build_trainer, make_checkpoint, tiny, train_cfg
+
+
+@pytest.fixture(scope="module")
+def ckpts(world, tmp_path_factory):
+    work = tmp_path_factory.mktemp("kd_loss")
+    make_checkpoint(tiny(num_layers=3, hidden_size=96, ffn_hidden_size=192), work / "teacher", seed=3,
+                    output_scale=20.0)
+    make_checkpoint(tiny(num_layers=2), work / "student", seed=5)
+    return work
+
+
+def _batch():
+    data = SyntheticData(256, 24, 2)
+    b = next(data.train_iterator(0))
+    b["loss_mask"][0, :5] = 0  # masking must matter
+    b["loss_mask"][1, -3:] = 0
+    return b
+
+
+def _reference(work, mode, kd):
+    student = build_gpt_model(tiny(num_layers=2))
+    load_checkpoint(student, tiny(num_layers=2), work / "student")
+    b = _batch()
+    mask = b["loss_mask"]
+    logits = student(b["tokens"], b["position_ids"], None).float()
+    lm = losses.masked_mean(F.cross_entropy(logits.flatten(0, 1), b["labels"].flatten(), reduction="none")
+                            .view_as(mask), mask)
+    if mode == "finetune":
+        total = lm
+    else:
+        tcfg = tiny(num_layers=3, hidden_size=96, ffn_hidden_size=192)
+        teacher = build_gpt_model(tcfg)
+        load_checkpoint(teacher, tcfg, work / "teacher")
+        with torch.no_grad():
+            t_logits = teacher.eval()(b["tokens"], b["position_ids"], None).float()
+        kl = losses.masked_mean(losses.logit_kl(logits, t_logits, kd.get("temperature", 1.0), kd.get("reverse_kl", False),
+                                                kd.get("scale_by_t2", False)), mask)
+        total = losses.balance_losses(lm, kl, None, kd.get("skip_lm_loss", True), kd.get("kd_loss_scale", 1.0))["loss"]
+    total.backward()
+    return float(total), {n: p.grad.clone() for n, p in student.named_parameters()}
+
+
+@pytest.mark.parametrize("mode,kd", [
+    ("distill", {}),
+    ("distill", {"temperature": 2.0, "scale_by_t2": True, "reverse_kl": True, "skip_lm_loss": False,
+                 "kd_loss_scale": 2.0}),
+    ("finetune", {}),
+])
+def test_step_loss_and_grads_match_dense_reference(world, ckpts, mode, kd):
+    ref_loss, ref_grads = _reference(ckpts, mode, kd)
+    cfg = train_cfg(mode, teacher=str(ckpts / "teacher") if mode == "distill" else None, optim="adam", seq=24, **kd)
+    cfg.trainer.gradient_clip_val = 0.0
+    tr = build_trainer(cfg, world, tiny(num_layers=2), ckpts / f"run_{mode}_{len(kd)}", student_ckpt=ckpts / "student")
+    scalars = tr.train_step([_batch()])
+    assert scalars["loss"] == pytest.approx(ref_loss, rel=1e-5)
+    grads = {n.removeprefix("module."): p.main_grad for n, p in tr.ddp.named_parameters()}
+    for name in ("output_layer.weight", "decoder.layers.0.mlp.linear_fc1.weight", "embedding.word_embeddings.weight"):
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-7)
+    tr.close()
