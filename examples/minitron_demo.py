@@ -100,8 +100,12 @@ def main(cfg) -> None:
 
     # 5./6. distill, and the LM-only baseline with the same budget
     runs = {"distill": train(demo, work, "distill", pruned, teacher, train_prefix)}
-    if demo.run_baseline:
+    if demo.run_baseline and runs["distill"].status == "completed":
         runs["finetune"] = train(demo, work, "finetune", pruned, teacher, train_prefix)
+    if any(r.status != "completed" for r in runs.values()):
+        print("stopped by a signal; run the same command again to continue from the last checkpoint")
+        runtime.shutdown()
+        return
 
     # 7. evaluate every model on the same held-out windows
     batches = heldout_batches(valid_prefix, demo.seq_length, demo.eval_samples, demo.micro_batch_size,

@@ -17,6 +17,7 @@ ends with identical full score vectors.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -99,6 +100,8 @@ class ImportanceCollector:
         self.ctx, self.seq_agg, self.batch_agg = ctx, seq_agg, batch_agg
         self.num_heads, self.num_groups = num_heads, num_groups
         self.mask: Optional[torch.Tensor] = None
+        self.hook_seconds = 0.0
+        """Wall time spent inside the hooks (CPU; on GPUs only the kernel-launch time)."""
         self.handles: list[Any] = []
         self.acc: dict[tuple[str, int], BatchAccumulator] = {}
         self.cos: dict[int, torch.Tensor] = {}
@@ -120,11 +123,13 @@ class ImportanceCollector:
 
     # ------------------------------------------------------------------ hooks
     def _add(self, key: tuple[str, int], x: torch.Tensor) -> None:
+        start = time.perf_counter()
         with torch.no_grad():
             values, valid = seq_aggregate(x.detach(), self.mask, self.seq_agg)
             if key not in self.acc:
                 self.acc[key] = BatchAccumulator(values.shape[-1], values.device)
             self.acc[key].update(values, valid)
+        self.hook_seconds += time.perf_counter() - start
 
     def _pre(self, mod: torch.nn.Module, key: tuple[str, int]) -> None:
         self.handles.append(mod.register_forward_pre_hook(lambda m, args: self._add(key, args[0])))
@@ -141,6 +146,7 @@ class ImportanceCollector:
 
     def _layer_hook(self, n: int):
         def hook(m, args, kwargs, out):
+            start = time.perf_counter()
             h_in = kwargs.get("hidden_states", args[0] if args else None)
             h_out = out[0] if isinstance(out, (tuple, list)) else out
             with torch.no_grad():
@@ -148,6 +154,7 @@ class ImportanceCollector:
                 if self.cos[n].device != s.device:
                     self.cos[n] = self.cos[n].to(s.device)
                 self.cos[n] += torch.stack([s, c])
+            self.hook_seconds += time.perf_counter() - start
 
         return hook
 

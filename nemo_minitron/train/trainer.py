@@ -357,6 +357,8 @@ class Trainer:
                 self.consumed_samples += gbs
                 scalars.update(step_time=dt, tokens_per_s=tokens_per_step / dt)
                 self.history.append({"step": self.step, **scalars})
+                if len(self.history) > 10_000:  # bounded: week-long runs must not grow memory
+                    del self.history[:-10_000]
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.2e}")
