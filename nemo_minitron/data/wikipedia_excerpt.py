@@ -15,15 +15,12 @@ deterministic. The text is licensed CC BY-SA: generate it at run time, never com
 from __future__ import annotations
 
 import bz2
-import hashlib
 import html
 import io
 import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -31,6 +28,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterator, Optional
 
+from nemo_minitron.fetch import pip_download_wheel, sha256_file
 from nemo_minitron.logging import get_logger
 
 __all__ = ["EXCERPT_MEMBER", "download_gensim_wheel", "read_excerpt", "iter_pages", "clean_markup",
@@ -44,28 +42,10 @@ _DROP_SECTIONS = {"references", "external links", "see also", "further reading",
 
 def download_gensim_wheel(dest: str | os.PathLike, version: str = "4.4.0") -> Path:
     """``pip download --no-deps --only-binary=:all: gensim==VERSION`` into ``dest``; reuse a wheel already there."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    existing = sorted(dest.glob(f"gensim-{version}-*.whl"))
-    if existing:
-        return existing[0]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", f"gensim=={version}",
-           "-d", str(dest), "--quiet"]
-    log.info("downloading the gensim %s wheel (~28 MB): %s", version, " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = sorted(dest.glob(f"gensim-{version}-*.whl"))
-    if proc.returncode != 0 or not wheels:
-        raise RuntimeError(f"pip download of gensim=={version} failed (pass wheel=<file> to use a local copy):\n"
-                           f"{proc.stdout}\n{proc.stderr}")
-    return wheels[0]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    try:
+        return pip_download_wheel(f"gensim=={version}", dest, reuse_glob=f"gensim-{version}-*.whl")
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\n(pass wheel=<file> to use a local copy of the gensim wheel)") from None
 
 
 def read_excerpt(wheel: str | os.PathLike) -> bytes:
@@ -192,7 +172,7 @@ def build_wikipedia_excerpt(output_dir: str | os.PathLike, wheel: Optional[str |
     if not splits["train"]:
         raise RuntimeError(f"no article of {wheel_path} has more than min_chars={min_chars} characters")
     source = {
-        "package": "gensim", "version": gensim_version, "wheel": wheel_path.name, "wheel_sha256": _sha256(wheel_path),
+        "package": "gensim", "version": gensim_version, "wheel": wheel_path.name, "wheel_sha256": sha256_file(wheel_path),
         "member": EXCERPT_MEMBER, "license": "CC BY-SA 3.0 (Wikipedia text); the gensim package is LGPL-2.1",
         "min_chars": min_chars, "valid_every": valid_every,
         "articles": {k: len(v) for k, v in splits.items()},

