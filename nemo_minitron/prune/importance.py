@@ -39,10 +39,10 @@ def seq_aggregate(x: torch.Tensor, mask: torch.Tensor | None, how: str = "mean")
     n = m.sum(0)  # [B, 1]
     valid = n.squeeze(-1) > 0
     n_safe = n.clamp_min(1.0)
-    if how == "mean":
-        out = (x.abs() * m).sum(0) / n_safe
+    if how == "mean":  # masked sums as a batched contraction over S: one pass, no [S, B, C] temporaries
+        out = torch.einsum("sb,sbc->bc", m.squeeze(-1), x.abs()) / n_safe
     elif how == "l2":
-        out = (x.square() * m).sum(0).sqrt()
+        out = torch.einsum("sb,sbc->bc", m.squeeze(-1), x.square()).sqrt()
     else:
         mean = (x * m).sum(0) / n_safe
         out = ((x - mean).square() * m).sum(0) / n_safe
@@ -108,7 +108,10 @@ def group_scores(channel_scores: torch.Tensor, num_groups: int) -> torch.Tensor:
 
 def cosine_stats(h_in: torch.Tensor, h_out: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(Σ (1 − cos(h_in, h_out)), count)`` over valid tokens of ``[S, B, h]`` hidden states (float64 sums)."""
-    cos = torch.nn.functional.cosine_similarity(h_in.float(), h_out.float(), dim=-1, eps=1e-8)  # [S, B]
+    a, b = h_in.float(), h_out.float()
+    # three reductions over channels, no [S, B, h] temporaries (cosine_similarity normalises copies first)
+    dot, na, nb = (torch.einsum("sbc,sbc->sb", u, v) for u, v in ((a, b), (a, a), (b, b)))
+    cos = dot / (na * nb).sqrt().clamp_min(1e-8)  # [S, B]
     if mask is None:
         m = torch.ones_like(cos)
     else:

@@ -70,7 +70,8 @@ def load_cache(path: str, key: dict[str, Any]) -> Optional[dict[str, Any]]:
     data = torch.load(path, map_location="cpu", weights_only=True)
     saved = data.get("key") or {}
     # without calib_data (cache-only re-run) the cached calibration settings are accepted as they are
-    fields = key if key.get("calib_data") else {k: v for k, v in key.items() if k in _CACHE_IDENTITY}
+    fields = key if key.get("calib_data") else {k: v for k, v in key.items()
+                                                  if k in _CACHE_IDENTITY or (k == "val_data" and v)}
     diff = sorted(k for k in fields if saved.get(k) != key[k])
     if diff:
         log.warning("importance cache %s was made with other settings (%s); recomputing", path, ", ".join(diff))
