@@ -344,7 +344,7 @@ class DemoConfig:
     seq_length: int = 256
     """Tokens per training / evaluation sample."""
 
-    train_steps: int = 40
+    train_steps: int = 24
     """Optimizer steps of the KD run and of the LM-loss baseline (identical data and schedule)."""
 
     micro_batch_size: int = 2
