@@ -12,26 +12,18 @@ again on the same RUN resumes from its latest checkpoint; trainer.max_steps may 
 """
 
 import hydra
-from hydra.utils import get_original_cwd
-from omegaconf import OmegaConf
 
 from nemo_minitron.config.store import register_configs
 from nemo_minitron.paths import conf_dir
-from nemo_minitron.train.recipe import resolve_run_dir, run
+from nemo_minitron.train.recipe import run_from_hydra
 
 register_configs()
 
 
 @hydra.main(config_path=conf_dir(), config_name="megatron_finetune", version_base=None)
 def main(cfg) -> None:
-    train_cfg = OmegaConf.to_object(cfg)
-    run_dir = resolve_run_dir(train_cfg, default_base=get_original_cwd())
-    result = run(train_cfg, run_dir)
-    print(f"{train_cfg.mode}: {result.status} at step {result.step}; run dir {result.run_dir}")
-    if result.val:
-        print(f"validation loss {result.val['val_loss']:.4f}, perplexity {result.val['val_ppl']:.2f}")
-    if result.export_path:
-        print(f"student saved to {result.export_path}")
+    for line in run_from_hydra(cfg):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -133,3 +133,22 @@ def run(cfg: TrainConfig, run_dir: Optional[str | Path] = None, data=None) -> Ru
     return RunResult(status=status, step=trainer.step, run_dir=str(run_dir), export_path=export,
                      final_loss=trainer.history[-1]["loss"] if trainer.history else None,
                      val=trainer.val_history[-1] if trainer.val_history else None)
+
+
+def run_from_hydra(cfg) -> list[str]:
+    """Entry point shared by the distill and finetune launch scripts: run a composed Hydra config.
+
+    Relative run directories resolve against the directory the user launched from (not Hydra's run dir).
+    Returns the summary lines for the script to print.
+    """
+    from hydra.utils import get_original_cwd
+    from omegaconf import OmegaConf
+
+    train_cfg = OmegaConf.to_object(cfg)
+    result = run(train_cfg, resolve_run_dir(train_cfg, default_base=get_original_cwd()))
+    lines = [f"{train_cfg.mode}: {result.status} at step {result.step}; run dir {result.run_dir}"]
+    if result.val:
+        lines.append(f"validation loss {result.val['val_loss']:.4f}, perplexity {result.val['val_ppl']:.2f}")
+    if result.export_path:
+        lines.append(f"student saved to {result.export_path}")
+    return lines
