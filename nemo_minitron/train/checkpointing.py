@@ -23,12 +23,13 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from nemo_minitron.atomic import barrier, broadcast_from_rank0, replace_dir
 from nemo_minitron.checkpoint import load_checkpoint, save_checkpoint
 from nemo_minitron.config.model import ModelConfig
 from nemo_minitron.logging import get_logger
@@ -45,19 +46,6 @@ DISTOPT_SHARDING = "dp_reshardable"
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _bcast(obj: Any) -> Any:
-    if not dist.is_initialized():
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
 
 
 def checkpoint_root(run_dir: str | os.PathLike) -> Path:
@@ -81,7 +69,7 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 def latest_checkpoint(run_dir: str | os.PathLike) -> Optional[Path]:
     """The newest complete train-state checkpoint of ``run_dir`` (rank 0 decides), or None."""
     found = list_checkpoints(run_dir) if _rank() == 0 else None
-    found = _bcast(found)
+    found = broadcast_from_rank0(found)
     return found[-1][1] if found else None
 
 
@@ -152,25 +140,23 @@ def save_train_state(
             for stale in root.glob(".step_*.incomplete"):
                 shutil.rmtree(stale, ignore_errors=True)
         (tmp / "optimizer").mkdir(parents=True)
-    _barrier()
+    barrier()
     t0 = time.time()
     save_checkpoint(module, student_cfg, tmp / "model", tokenizer_dir=tokenizer_dir,
                     extra_metadata={"train_step": step})
     dist_checkpointing.save(_optimizer_sharded_state(optimizer, module, is_loading=False), str(tmp / "optimizer"))
     torch.save({"rng": _rng_state(), "extra": extra_state or {}}, tmp / f"rank_{_rank():05d}.pt")
-    _barrier()
+    barrier()
     if _rank() == 0:
         state = dict(trainer_state, step=step, adam_step=optim_compat.adam_step(optimizer),
                      world_size=dist.get_world_size() if dist.is_initialized() else 1, saved_unix=time.time())
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
         (tmp / COMPLETE).write_text("ok\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)
         for _, old in list_checkpoints(run_dir)[:-keep_last_k]:
             shutil.rmtree(old, ignore_errors=True)
         log.info("saved train state %s (%.1f s)", final, time.time() - t0)
-    _barrier()
+    barrier()
     return final
 
 
