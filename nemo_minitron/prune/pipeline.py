@@ -139,6 +139,8 @@ def run_prune(job: MegatronPruneConfig) -> dict[str, Any]:
     p = job.prune
     cfg = resolve_model_config(job)
     validate_targets(p, cfg)
+    if not job.export.save_path:
+        raise ConfigError("export.save_path is required: the directory the pruned checkpoint is written to")
     out = Path(job.export.save_path)
     if out.exists() and not job.export.overwrite:
         raise ConfigError(f"export.save_path={out} already exists; set export.overwrite=true or pick another path")
