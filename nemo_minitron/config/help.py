@@ -92,9 +92,10 @@ def help_text(config_name: str, cfg: Optional[DictConfig] = None) -> str:
     if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
         schema = schema_of(config_name)
     doc = " ".join((schema.__doc__ or "").split())
-    lines = [f"{config_name}: {doc}", "",
-             "Set keys as key=value (nested: section.key=value); every key is listed below with its value.",
-             f"Defaults: conf/{config_name}.yaml over the schema {schema.__module__}.{schema.__name__}.", ""]
+    lines = [f"{config_name} - {doc}", "",
+             "Set keys as key=value (nested: section.key=value). Defaults come from conf/"
+             f"{config_name}.yaml over the schema {schema.__module__}.{schema.__name__}.", "",
+             "Keys (current value, type, meaning):"]
     for path, type_name, text, section in schema_rows(schema):
         depth = path.count(".")
         indent = "  " * depth
@@ -106,5 +107,5 @@ def help_text(config_name: str, cfg: Optional[DictConfig] = None) -> str:
         lines.append(f"{indent}{name}: {value}" + (f"  ({type_name})" if type_name else ""))
         if text:
             lines += [f"{indent}    {t}" for t in textwrap.wrap(text, 100 - len(indent))]
-    lines += ["", "Hydra: --cfg job prints the composed config; --hydra-help lists Hydra's own options."]
+    lines += ["", "Hydra - --cfg job prints the composed config; --hydra-help lists Hydra's own options."]
     return "\n".join(lines).replace("$", "$$")
