@@ -33,7 +33,7 @@ HYDRA_SETTINGS = {
     "defaults": [{"override hydra/job_logging": "none"}, {"override hydra/hydra_logging": "none"}],
     "hydra": {
         "run": {"dir": "."},
-        "sweep": {"dir": ".", "subdir": "${hydra.job.num}"},
+        "sweep": {"dir": ".", "subdir": "."},
         "output_subdir": None,
         "job": {"chdir": False},
         "help": {"template": "${nemo_minitron_help:${hydra.job.config_name}}"},
