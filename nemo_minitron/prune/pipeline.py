@@ -40,7 +40,7 @@ from nemo_minitron.prune.hooks import ImportanceCollector, ImportanceScores
 from nemo_minitron.prune.plan import make_plan
 from nemo_minitron.prune.report import PruneResult, build_report, plot_layers, write_json_atomic
 from nemo_minitron.prune.score_cache import cache_key, load_cache, save_cache
-from nemo_minitron.prune.search import enumerate_candidates
+from nemo_minitron.prune.search import Candidate, candidate_plan, enumerate_candidates, rank_candidates
 from nemo_minitron.prune.sharded import apply_plan_sharded
 from nemo_minitron.prune.surgery import PrunePlan, prune_state_dict, pruned_config
 from nemo_minitron.prune.validate import validate_targets
@@ -48,7 +48,8 @@ from nemo_minitron.prune.validate import validate_targets
 log = get_logger(__name__)
 REPORT_FILE = "pruning_report.json"
 PLOT_FILE = "layer_importance.png"
-__all__ = ["REPORT_FILE", "PLOT_FILE", "resolve_model_config", "run_prune", "load_cache", "save_cache"]
+__all__ = ["REPORT_FILE", "PLOT_FILE", "build_pruned_sharded", "load_cache", "resolve_model_config", "run_prune",
+           "save_cache", "zero_shot_losses"]
 
 
 def resolve_model_config(job: MegatronPruneConfig) -> ModelConfig:
@@ -232,26 +233,27 @@ def compute_scores(run: Prepared) -> Scored:
     return Scored(model, scores, val, loss_before, calib_seconds)
 
 
+def zero_shot_losses(run: Prepared, s: Scored, cands: list[Candidate]) -> list[tuple[float, list[int]]]:
+    """(validation loss, 0-based dropped layers) per candidate, at the run's layout, spread over DP replicas."""
+    def evaluate(c):
+        width, drop = candidate_plan(run.cfg, s.scores, c, run.p.depth_method)
+        model = build_pruned_sharded(s.model, run.cfg, width, run.ctx)[0] if width != PrunePlan() else s.model
+        with cal.skip_layers(model, drop):
+            return cal.eval_loss(model, s.val, run.replica, run.p.calib_batch_size), drop
+
+    return _spread(cands, evaluate, run.ctx, "budget search")
+
+
 def _search(run: Prepared, s: Scored) -> Decision:
     p, cfg = run.p, run.cfg
-    per_layer = "layer_loss" if p.depth_method == "layer_loss" else "cosine"
     cands = enumerate_candidates(cfg, p.target_params, p.search_tolerance, p.search_top_k,
                                  p.search_max_width_pruning, p.search_max_depth_pruning, p.search_hidden_divisor,
                                  p.search_ffn_divisor, p.search_prune_heads, cfg.tensor_model_parallel_size)
     if not cands:
         raise ConfigError(f"prune.target_params={p.target_params}: no candidate shape within "
                           f"prune.search_tolerance={p.search_tolerance} of the budget; widen the search")
-
-    def evaluate(c):
-        drop = select_drop(per_layer, cfg.num_layers, c.num_layers, s.scores.layer_cosine, s.scores.layer_loss)
-        width = make_plan(cfg, s.scores, c.ffn_hidden_size, c.num_attention_heads, c.num_query_groups, c.hidden_size)
-        model = build_pruned_sharded(s.model, cfg, width, run.ctx)[0] if width != PrunePlan() else s.model
-        with cal.skip_layers(model, drop):
-            return cal.eval_loss(model, s.val, run.replica, p.calib_batch_size), drop
-
-    results = _spread(cands, evaluate, run.ctx, "budget search")
-    ranking = sorted(({**c.to_dict(), "val_loss": r[0], "dropped_layers": r[1]} for c, r in zip(cands, results)),
-                     key=lambda d: (d["val_loss"], -d["params"]))
+    results = zero_shot_losses(run, s, cands)
+    ranking = rank_candidates(cands, [r[0] for r in results], [r[1] for r in results])
     best = ranking[0]
     plan = make_plan(cfg, s.scores, best["ffn_hidden_size"], best["num_attention_heads"], best["num_query_groups"],
                      best["hidden_size"], best["dropped_layers"])
