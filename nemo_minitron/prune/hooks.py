@@ -30,7 +30,7 @@ from nemo_minitron.prune.importance import BatchAccumulator, cosine_stats, group
 
 @dataclass
 class ImportanceScores:
-    """Full (TP=1 shaped) importance scores; layer keys are 1-indexed global layer numbers."""
+    """Full (TP=1 shaped) importance scores; layer keys are 0-based global layer indices (``layer_number − 1``)."""
 
     ffn: dict[int, torch.Tensor]
     """Per-layer neuron scores ``[f]``."""
@@ -102,7 +102,7 @@ class ImportanceCollector:
         self.layer_numbers: list[int] = []
         module = getattr(model, "module", model)
         for layer in module.decoder.layers:
-            n = int(layer.layer_number)
+            n = int(layer.layer_number) - 1  # 0-based global layer index
             self.layer_numbers.append(n)
             self.cos[n] = torch.zeros(2, dtype=torch.float64)
             self._pre(layer.mlp.linear_fc2, ("ffn", n))
