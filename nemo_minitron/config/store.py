@@ -17,6 +17,8 @@ _MODULES = (
     "nemo_minitron.config.train",
     "nemo_minitron.config.data",
     "nemo_minitron.config.interop",
+    "nemo_minitron.eval.config",
+    "nemo_minitron.recipe.config",
 )
 
 _done = False
