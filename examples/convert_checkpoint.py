@@ -46,7 +46,8 @@ def main(cfg) -> None:
     start = time.perf_counter()
     out = convert(job.input_path, job.input_format, job.output_path, job.output_format,
                   tp=job.model.tensor_model_parallel_size, pp=job.model.pipeline_model_parallel_size,
-                  precision=job.model.precision, hf_model_type=job.hf_model_type, dtype=job.dtype,
+                  precision=job.model.precision, transformer_impl=job.model.transformer_impl,
+                  hf_model_type=job.hf_model_type, dtype=job.dtype,
                   max_shard_size=job.max_shard_size, tokenizer_path=job.tokenizer_path,
                   trust_remote_code=job.trust_remote_code, overwrite=job.overwrite, cache_dir=job.cache_dir)
 

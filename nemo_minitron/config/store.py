@@ -24,6 +24,8 @@ _MODULES = (
     "nemo_minitron.config.train",
     "nemo_minitron.config.data",
     "nemo_minitron.config.interop",
+    "nemo_minitron.eval.config",
+    "nemo_minitron.recipe.config",
 )
 
 #: Hydra settings shared by every entry point (``- nemo_minitron_hydra`` in a primary config's defaults):
