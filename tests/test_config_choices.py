@@ -10,7 +10,7 @@ def test_depth_methods_live_with_the_layer_selector():
     from nemo_minitron.prune import depth, validate
 
     assert validate.DEPTH_METHODS is depth.DEPTH_METHODS
-    cos = {1: 0.1, 2: 0.3, 3: 0.2, 4: 0.9}
+    cos = {0: 0.3, 1: 0.1, 2: 0.2, 3: 0.9}  # 0-based layers, higher = more important
     assert depth.select_drop("cosine", 4, 3, cos) == [1]
     with pytest.raises(ValueError, match="depth method 'cosin' must be one of"):
         depth.select_drop("cosin", 4, 3, cos)  # used to fall through to the cosine selector
