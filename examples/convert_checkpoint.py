@@ -24,7 +24,7 @@ import time
 import hydra
 from omegaconf import OmegaConf
 
-from nemo_minitron.config.store import register_configs
+from nemo_minitron.config.store import register_configs, to_object
 from nemo_minitron.paths import conf_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # conversion never fetches weights from a hub
@@ -37,7 +37,7 @@ def main(cfg) -> None:
     from nemo_minitron.interop.convert import convert
 
     # 1. validate the request before touching any file
-    job = OmegaConf.to_object(cfg).validate()
+    job = to_object(cfg).validate()
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints
     if rank0:
         print(OmegaConf.to_yaml(cfg))

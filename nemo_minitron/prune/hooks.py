@@ -33,7 +33,7 @@ from nemo_minitron.prune.seqpar import local_mask, sequence_parallel_aggregate
 
 @dataclass
 class ImportanceScores:
-    """Full (TP=1 shaped) importance scores; layer keys are 1-indexed global layer numbers."""
+    """Full (TP=1 shaped) importance scores; layer keys are 0-based global layer indices (``layer_number − 1``)."""
 
     ffn: dict[int, torch.Tensor]
     """Per-layer neuron scores ``[f]``."""
@@ -108,7 +108,7 @@ class ImportanceCollector:
             and ctx.tp_size > 1
         """Norm outputs and layer boundaries hold this rank's block of the sequence (megatron's SP)."""
         for layer in module.decoder.layers:
-            n = int(layer.layer_number)
+            n = int(layer.layer_number) - 1  # 0-based global layer index
             self.layer_numbers.append(n)
             self.cos[n] = torch.zeros(2, dtype=torch.float64)
             self._pre(layer.mlp.linear_fc2, ("ffn", n))
