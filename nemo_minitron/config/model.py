@@ -266,6 +266,31 @@ class LayoutConfig:
     seed: int = 1234
     """Seed for parameter initialisation and RNG trackers."""
 
+    sequence_parallel: Optional[bool] = None
+    """Sequence parallelism (NeMo key); null: on when a GPU is present and TP > 1, off on CPU."""
+
+    activations_checkpoint_granularity: Optional[str] = "auto"
+    """Activation recompute (NeMo key): selective, full or null (off); auto: selective on a GPU, off on CPU."""
+
+    activations_checkpoint_method: Optional[str] = None
+    """With granularity full: uniform or block (null means uniform)."""
+
+    activations_checkpoint_num_layers: Optional[int] = None
+    """Layers per recompute chunk (uniform) or recomputed layers per stage (block); null means 1."""
+
+    fusions: Optional[bool] = None
+    """Fused kernels (bias-activation, bias-dropout; with TE also masked softmax, RoPE, gradient accumulation);
+    null: on when a GPU is present, off on CPU."""
+
+
+def apply_layout(block: Any, cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with every :class:`LayoutConfig` field (layout, spec, seed, performance settings) that ``block`` has.
+
+    ``block`` is a recipe's ``model`` block: a :class:`LayoutConfig` subclass or a full :class:`ModelConfig`.
+    """
+    return cfg.replace(**{f.name: getattr(block, f.name) for f in dataclasses.fields(LayoutConfig)
+                          if hasattr(block, f.name)})
+
 
 @dataclass
 class RuntimeModelConfig(LayoutConfig):
