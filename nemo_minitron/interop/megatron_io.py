@@ -13,6 +13,7 @@ Export walks the same rules backwards on a TP=1, PP=1 model.
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 from typing import Iterator, Optional
 
 import torch
@@ -246,6 +247,63 @@ def iter_hf_tensors(model: torch.nn.Module, cfg: ModelConfig, dtype: Optional[to
         raise RuntimeError("export reads a TP=1, PP=1 model; build it with build_model_for_conversion(cfg, 1, 1)")
     module = getattr(model, "module", model)
     yield from iter_hf_from_state(module.state_dict(keep_vars=True), cfg, dtype)
+
+
+@torch.no_grad()
+def iter_hf_tensors_sharded(model: torch.nn.Module, cfg: ModelConfig, dtype: Optional[torch.dtype] = None
+                            ) -> Iterator[tuple[str, torch.Tensor]]:
+    """:func:`iter_hf_tensors` for a model at any TP × PP layout. Collective: every rank must exhaust it.
+
+    Tensor by tensor, in layer order, the owning pipeline stage all-gathers its TP shards and sends the
+    full tensor to its replica's first stage; only global rank 0 yields. Every process holds its own
+    shard plus at most one full tensor (a layer's largest), never the full model.
+    """
+    from megatron.core import parallel_state as ps
+
+    from nemo_minitron.prune.sharded import gather_full
+
+    module = getattr(model, "module", model)
+    params = _named_tensors(module)
+    tp = SimpleNamespace(tp_size=ps.get_tensor_model_parallel_world_size(),
+                         tp_group=ps.get_tensor_model_parallel_group())
+    tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
+    pp_size = ps.get_pipeline_model_parallel_world_size()
+    local_layers = _stage_layers(module)
+    g2l = {g: i for i, g in enumerate(local_layers)}
+    owner = {g: 0 for g in local_layers}
+    pp_ranks = [dist.get_rank()]
+    if pp_size > 1:
+        pp_group = ps.get_pipeline_model_parallel_group()
+        stages: list = [None] * pp_size
+        dist.all_gather_object(stages, local_layers, group=pp_group)
+        owner = {g: s for s, layers in enumerate(stages) for g in layers}
+        pp_ranks = dist.get_process_group_ranks(pp_group)
+    head = pp_rank == 0 and tp_rank == 0  # receives its replica's tensors; global rank 0 also writes
+    writer = dist.get_rank() == 0 if dist.is_initialized() else True
+    dtype_of = next(iter(params.values())).dtype
+    for rule in _tqdm(model_rules(cfg), desc="export tensors", unit="tensor"):
+        split = names.split_layer_key(rule.mcore)
+        stage = owner[split[0]] if split else (0 if rule.mcore == names.EMBEDDING else pp_size - 1)
+        full = None
+        if pp_rank == stage:
+            full = params[_local_name(rule.mcore, g2l)].detach()
+            dim = names.tp_split_dim(rule.mcore)
+            if dim is not None and tp.tp_size > 1:
+                full = gather_full(full, dim, rule.kind == "fc1" and cfg.gated_linear_unit, tp)
+            if stage != 0 and tp_rank == 0:
+                shape = torch.full((4,), -1, dtype=torch.int64)
+                shape[: full.dim()] = torch.tensor(full.shape)
+                dist.send(shape, dst=pp_ranks[0])
+                dist.send(full.contiguous(), dst=pp_ranks[0])
+        elif head:
+            shape = torch.empty(4, dtype=torch.int64)
+            dist.recv(shape, src=pp_ranks[stage])
+            full = torch.empty([int(s) for s in shape if s >= 0], dtype=dtype_of)
+            dist.recv(full, src=pp_ranks[stage])
+        if writer:
+            for name, t in zip(rule.hf, mcore_to_hf(rule, full, cfg)):
+                yield name, t if dtype is None else t.to(dtype)
+        del full
 
 
 @torch.no_grad()
