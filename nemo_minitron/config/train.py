@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Optional
 from omegaconf import MISSING
 
 from nemo_minitron.config.data import DataConfig
-from nemo_minitron.config.model import ConfigError, LayoutConfig, ModelConfig, arch_fields
+from nemo_minitron.config.model import ConfigError, LayoutConfig, ModelConfig, apply_layout, arch_fields
 from nemo_minitron.config.prune import PruneConfig
 from nemo_minitron.config.schemas import ExportConfig
 
@@ -314,10 +314,7 @@ def student_model_config(model: TrainModelConfig, arch_from: Optional[ModelConfi
     if arch_from is None:
         raise ConfigError("model.restore_from_path is required: the student's architecture is read from its checkpoint")
     restore = model.restore_from_path if given(model.restore_from_path) else None
-    return arch_from.replace(tensor_model_parallel_size=model.tensor_model_parallel_size,
-                             pipeline_model_parallel_size=model.pipeline_model_parallel_size,
-                             transformer_impl=model.transformer_impl, seed=model.seed, restore_from_path=restore,
-                             precision=precision).validate()
+    return apply_layout(model, arch_from).replace(restore_from_path=restore, precision=precision).validate()
 
 
 @dataclass

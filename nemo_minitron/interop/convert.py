@@ -82,7 +82,7 @@ def convert(input_path: PathLike, input_format: str, output_path: PathLike, outp
         if output_format == "hf":
             export_hf(ckpt, out, model_type=hf_model_type, dtype=dtype, max_shard_size=max_shard_size,
                       overwrite=overwrite, tokenizer_dir=tokenizer_path if input_format == "megatron" else None,
-                      transformer_impl=transformer_impl)
+                      transformer_impl=transformer_impl, tp=tp, pp=pp)
         elif output_format == "nemo2":
             export_nemo2(ckpt, out, overwrite=overwrite, transformer_impl=transformer_impl)
     finally:

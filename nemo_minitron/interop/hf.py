@@ -287,28 +287,37 @@ def import_hf(input_dir_or_gguf: PathLike, output_ckpt: PathLike, tp: int = 1, p
 # --------------------------------------------------------------------------- export
 
 
-def load_for_export(ckpt: PathLike, precision: str = "auto", transformer_impl: str = "auto"):
-    """Build a TP=1 PP=1 model for checkpoint ``ckpt`` and load it; returns ``(model, cfg, metadata)``."""
+def load_for_export(ckpt: PathLike, precision: str = "auto", transformer_impl: str = "auto", tp: int = 1,
+                    pp: int = 1):
+    """Build this rank's TP×PP stage for checkpoint ``ckpt`` and load it; returns ``(model, cfg, metadata)``.
+
+    ``cfg`` keeps the checkpoint's TP=1/PP=1 view of the architecture; the model is built at
+    :func:`~nemo_minitron.interop.megatron_io.conversion_layout` of ``tp``/``pp``.
+    """
     from nemo_minitron.checkpoint import load_checkpoint, load_model_config
-    from nemo_minitron.interop.megatron_io import build_model_for_conversion
+    from nemo_minitron.interop.megatron_io import build_model_for_conversion, conversion_layout
 
     cfg = load_model_config(ckpt).replace(precision=precision, transformer_impl=transformer_impl)
-    model = build_model_for_conversion(cfg, 1, 1)
-    meta = load_checkpoint(model, cfg, ckpt)
+    btp, bpp = conversion_layout(tp, pp)
+    model = build_model_for_conversion(cfg, btp, bpp)
+    meta = load_checkpoint(model, cfg.replace(tensor_model_parallel_size=btp, pipeline_model_parallel_size=bpp), ckpt)
     return model, cfg, meta
 
 
 def export_hf(ckpt: PathLike, output_dir: PathLike, *, model_type: Optional[str] = None, dtype: str = "auto",
               max_shard_size: Union[str, int] = "5GB", overwrite: bool = False,
-              tokenizer_dir: Optional[PathLike] = None, transformer_impl: str = "auto") -> Path:
+              tokenizer_dir: Optional[PathLike] = None, transformer_impl: str = "auto", tp: int = 1,
+              pp: int = 1) -> Path:
     """Write megatron checkpoint ``ckpt`` as a Hugging Face model directory ``output_dir``.
 
     ``model_type`` defaults to the one recorded at import, else the one implied by the architecture;
     ``dtype`` ``auto`` keeps the source's dtype recorded at import (else float32). Weights stream
-    into safetensors shards of at most ``max_shard_size``. Collective under torchrun (rank 0 writes).
+    into safetensors shards of at most ``max_shard_size``. Collective under torchrun (rank 0 writes):
+    launched with ``tp * pp`` ranks, each loads only its shard and full tensors stream to rank 0 one at
+    a time (:func:`~nemo_minitron.interop.megatron_io.iter_hf_tensors_sharded`).
     """
     from nemo_minitron.checkpoint import tokenizer_path
-    from nemo_minitron.interop.megatron_io import iter_hf_tensors
+    from nemo_minitron.interop.megatron_io import iter_hf_tensors_sharded
     from nemo_minitron.interop.safetensors_io import ShardedSafetensorsWriter
     from nemo_minitron.interop.safety import atomic_output_dir
 
@@ -316,7 +325,7 @@ def export_hf(ckpt: PathLike, output_dir: PathLike, *, model_type: Optional[str]
     out = Path(output_dir).absolute()
     if out.exists() and not overwrite:
         raise FileExistsError(f"output {out} already exists; set overwrite=true or choose another output_path")
-    model, cfg, meta = load_for_export(ckpt, transformer_impl=transformer_impl)
+    model, cfg, meta = load_for_export(ckpt, transformer_impl=transformer_impl, tp=tp, pp=pp)
     hf_info = (meta.get("extra") or {}).get("hf") or {}
     if dtype == "auto":
         dtype = hf_info.get("dtype") or "float32"
@@ -327,7 +336,7 @@ def export_hf(ckpt: PathLike, output_dir: PathLike, *, model_type: Optional[str]
     if is_rank0():
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             writer = ShardedSafetensorsWriter(tmp, max_shard_size)
-            writer.add_all(iter_hf_tensors(model, cfg, DTYPES[dtype]))
+            writer.add_all(iter_hf_tensors_sharded(model, cfg, DTYPES[dtype]))
             files = writer.close()
             hf_cfg.save_pretrained(str(tmp))
             tok = tokenizer_dir or tokenizer_path(ckpt)
@@ -336,6 +345,9 @@ def export_hf(ckpt: PathLike, output_dir: PathLike, *, model_type: Optional[str]
                 log.warning("checkpoint %s carries no tokenizer; %s has weights and config only", ckpt, out)
         log.info("exported %s → %s (%s, %d files, %.1f MB, %.1f s)", ckpt, out, hf_cfg.model_type, len(files),
                  writer.total_bytes / 1e6, time.perf_counter() - t0)
+    else:  # the other ranks feed rank 0: gather their shards tensor by tensor
+        for _ in iter_hf_tensors_sharded(model, cfg):
+            pass
     barrier()
     return out
 

@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from nemo_minitron import runtime
 from nemo_minitron.checkpoint import load_checkpoint, load_model_config, save_checkpoint, tokenizer_path
-from nemo_minitron.config.model import ConfigError, ModelConfig
+from nemo_minitron.config.model import ConfigError, ModelConfig, apply_layout
 from nemo_minitron.config.prune import MegatronPruneConfig, PruneConfig
 from nemo_minitron.logging import get_logger
 from nemo_minitron.models.builder import build_gpt_model
@@ -58,10 +58,8 @@ def resolve_model_config(job: MegatronPruneConfig) -> ModelConfig:
     if not rt.restore_from_path:
         raise ConfigError("model.restore_from_path is required (a megatron checkpoint directory)")
     arch = load_model_config(rt.restore_from_path)
-    return arch.replace(tensor_model_parallel_size=rt.tensor_model_parallel_size,
-                        pipeline_model_parallel_size=rt.pipeline_model_parallel_size, precision=rt.precision,
-                        transformer_impl=rt.transformer_impl, seed=rt.seed,
-                        restore_from_path=str(rt.restore_from_path)).validate("model")
+    return apply_layout(rt, arch).replace(precision=rt.precision,
+                                       restore_from_path=str(rt.restore_from_path)).validate("model")
 
 
 @dataclasses.dataclass
