@@ -238,6 +238,7 @@ class Trainer:
     def _trainer_state(self) -> dict:
         c = self.ctx
         return {"consumed_samples": self.consumed_samples, "mode": self.cfg.mode,
+                "config": checkpointing.run_identity(self.cfg),
                 "layout": {"tp": c.tp_size, "pp": c.pp_size, "dp": c.dp_size},
                 "optimizer": self.cfg.model.optim.name, "max_steps": self.cfg.trainer.max_steps}
 
@@ -260,7 +261,9 @@ class Trainer:
         path = checkpointing.latest_checkpoint(self.run_dir)
         if path is None:
             return False
-        saved = checkpointing.read_trainer_state(path).get("layout", {})
+        saved_state = checkpointing.read_trainer_state(path)
+        checkpointing.check_same_run(saved_state.get("config"), checkpointing.run_identity(self.cfg), path)
+        saved = saved_state.get("layout", {})
         now = {"tp": self.ctx.tp_size, "pp": self.ctx.pp_size, "dp": self.ctx.dp_size}
         if self.use_distopt and saved and (saved["tp"], saved["pp"]) != (now["tp"], now["pp"]):
             raise ConfigError(
@@ -299,6 +302,7 @@ class Trainer:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        signals.reset()
         if em.save_on_sigterm:
             signals.install()
         self.maybe_resume()
