@@ -144,12 +144,24 @@ def run_from_hydra(cfg) -> list[str]:
     from hydra.utils import get_original_cwd
 
     from nemo_minitron.config.store import to_object
+    from nemo_minitron.train import signals
 
     train_cfg = to_object(cfg)
-    result = run(train_cfg, resolve_run_dir(train_cfg, default_base=get_original_cwd()))
+    run_dir = resolve_run_dir(train_cfg, default_base=get_original_cwd())
+    try:
+        result = run(train_cfg, run_dir)
+    except KeyboardInterrupt:  # a second Ctrl-C, or Ctrl-C with exp_manager.save_on_sigterm=false
+        log.warning("interrupted: stopped without saving; the run in %s resumes from its last checkpoint", run_dir)
+        raise SystemExit(signals.INTERRUPTED_EXIT_CODE) from None
     lines = [f"{train_cfg.mode}: {result.status} at step {result.step}; run dir {result.run_dir}"]
     if result.val:
         lines.append(f"validation loss {result.val['val_loss']:.4f}, perplexity {result.val['val_ppl']:.2f}")
     if result.export_path:
         lines.append(f"student saved to {result.export_path}")
+    if result.status == "preempted":
+        code = signals.exit_code()
+        for line in lines:
+            log.warning(line)
+        log.warning("stopped early with the checkpoint saved; run the same command to resume (exit code %d)", code)
+        raise SystemExit(code)
     return lines
