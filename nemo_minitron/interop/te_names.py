@@ -141,7 +141,11 @@ def load_dist_weights(model: torch.nn.Module, weights_dir: PathLike, prefix: str
                                             if hasattr(sh, "key")}]
     if renamed:
         log.info("loading %d tensor(s) stored under their alternative norm names (e.g. %s)", len(renamed), renamed[0])
+    wanted = set(request)
     state = dist_checkpointing.load(request, str(Path(weights_dir)))
+    # dist_checkpointing.load merges the checkpoint's common.pt into the result: NeMo keeps the Lightning trainer
+    # state there (epoch, global_step, loops, optimizer_states, ...). Only the keys asked for are model weights.
+    state = {k: v for k, v in state.items() if k in wanted}
     if prefix:
         state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
     missing_sd, unexpected_sd = module.load_state_dict(state, strict=False)

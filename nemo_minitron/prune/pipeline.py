@@ -45,13 +45,16 @@ PLOT_FILE = "layer_importance.png"
 def resolve_model_config(job: MegatronPruneConfig) -> ModelConfig:
     """Architecture from the checkpoint, runtime layout from ``job.model``; validated."""
     rt = job.model
+    from nemo_minitron.interop.convert import resolve_checkpoint
+
     if not rt.restore_from_path:
-        raise ConfigError("model.restore_from_path is required (a megatron checkpoint directory)")
-    arch = load_model_config(rt.restore_from_path)
+        raise ConfigError("model.restore_from_path is required (a megatron, NeMo 2 or .nemo checkpoint)")
+    restore = resolve_checkpoint(rt.restore_from_path)  # NeMo 2 / .nemo: converted once, next to the source
+    arch = load_model_config(restore)
     return arch.replace(tensor_model_parallel_size=rt.tensor_model_parallel_size,
                         pipeline_model_parallel_size=rt.pipeline_model_parallel_size, precision=rt.precision,
                         transformer_impl=rt.transformer_impl, seed=rt.seed,
-                        restore_from_path=str(rt.restore_from_path)).validate("model")
+                        restore_from_path=str(restore)).validate("model")
 
 
 def _cache_key(cfg: ModelConfig, p: PruneConfig) -> dict[str, Any]:
