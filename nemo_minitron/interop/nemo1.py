@@ -160,20 +160,25 @@ def import_nemo1(path: PathLike, output_ckpt: PathLike, tp: int = 1, pp: int = 1
     out = Path(output_ckpt).absolute()
     staging = out.parent / f".{out.name}.nemo1-extract-{os.getpid()}"
     root = src
-    if src.is_file():
-        name = None
-        if is_rank0():
-            shutil.rmtree(staging, ignore_errors=True)
-            safe_extract_tar(src, staging)
-            found = [p.parent for p in staging.rglob(CONFIG_FILE)]
-            name = str(found[0] if len(found) == 1 else staging)
-        root = Path(broadcast_from_rank0(name))
     try:
+        if src.is_file():
+            name = None
+            if is_rank0():
+                shutil.rmtree(staging, ignore_errors=True)
+                safe_extract_tar(src, staging)
+                found = [p.parent for p in staging.rglob(CONFIG_FILE)]
+                name = str(found[0] if len(found) == 1 else staging)
+            root = Path(broadcast_from_rank0(name))
         return _import_dir(root, out, tp, pp, precision, overwrite, staging)
     finally:
         barrier()
         if is_rank0():
             shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(_tokenizer_staging(staging), ignore_errors=True)
+
+
+def _tokenizer_staging(staging: Path) -> Path:
+    return staging.with_name(staging.name + "-tokenizer")
 
 
 def _import_dir(root: Path, out: Path, tp: int, pp: int, precision: str, overwrite: bool, staging: Path) -> Path:
@@ -191,7 +196,7 @@ def _import_dir(root: Path, out: Path, tp: int, pp: int, precision: str, overwri
     btp, bpp = conversion_layout(tp, pp)
     model = build_model_for_conversion(cfg, btp, bpp)
     load_dist_weights(model, root / WEIGHTS_DIR, prefix=PREFIX)
-    tok_dir = staging / "tokenizer"
+    tok_dir = _tokenizer_staging(staging)
     has_tok = is_rank0() and stage_tokenizer(root, c.get("tokenizer") or {}, tok_dir)
     info = {"model_type": None, "dtype": None, **(token_ids_from_tokenizer(tok_dir) if has_tok else {})}
     ckpt = save_checkpoint(model, cfg.replace(tensor_model_parallel_size=btp, pipeline_model_parallel_size=bpp), out,
