@@ -55,11 +55,13 @@ __all__ = ["REPORT_FILE", "PLOT_FILE", "build_pruned_sharded", "load_cache", "re
 def resolve_model_config(job: MegatronPruneConfig) -> ModelConfig:
     """Architecture from the checkpoint, runtime layout from ``job.model``; validated."""
     rt = job.model
+    from nemo_minitron.interop.convert import resolve_checkpoint
+
     if not rt.restore_from_path:
-        raise ConfigError("model.restore_from_path is required (a megatron checkpoint directory)")
-    arch = load_model_config(rt.restore_from_path)
-    return apply_layout(rt, arch).replace(precision=rt.precision,
-                                       restore_from_path=str(rt.restore_from_path)).validate("model")
+        raise ConfigError("model.restore_from_path is required (a megatron, NeMo 2 or .nemo checkpoint)")
+    restore = resolve_checkpoint(rt.restore_from_path)  # NeMo 2 / .nemo: converted once, next to the source
+    arch = load_model_config(restore)
+    return apply_layout(rt, arch).replace(precision=rt.precision, restore_from_path=str(restore)).validate("model")
 
 
 @dataclasses.dataclass

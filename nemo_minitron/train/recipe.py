@@ -92,11 +92,15 @@ def run(cfg: TrainConfig, run_dir: Optional[str | Path] = None, data=None) -> Ru
     from nemo_minitron import runtime
     from nemo_minitron.checkpoint import load_checkpoint, load_model_config, save_checkpoint, tokenizer_path
     from nemo_minitron.distill.teacher import check_same_tokenizer, load_teacher
+    from nemo_minitron.interop.convert import resolve_checkpoint
     from nemo_minitron.models.builder import build_gpt_model
     from nemo_minitron.train.trainer import Trainer
 
     m = cfg.model
     runtime.init_distributed()
+    for key in ("restore_from_path", "kd_teacher_restore_from_path"):  # NeMo 2 / .nemo paths: converted once
+        if given(getattr(m, key)) and (key == "restore_from_path" or cfg.mode == "distill"):
+            setattr(m, key, str(resolve_checkpoint(getattr(m, key), key=f"model.{key}")))
     cfg.validate(dist.get_world_size())
     ctx = runtime.init_model_parallel(m.tensor_model_parallel_size, m.pipeline_model_parallel_size, seed=m.seed)
     run_dir = Path(run_dir) if run_dir is not None else resolve_run_dir(cfg)
