@@ -17,6 +17,7 @@ _MODULES = (
     "nemo_minitron.config.train",
     "nemo_minitron.config.data",
     "nemo_minitron.config.interop",
+    "nemo_minitron.plan.planner",
 )
 
 _done = False
