@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import os
+import sys
 
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+def _gpu_tier_selected(argv: list[str]) -> bool:
+    """True for ``pytest -m gpu`` (or NEMO_MINITRON_GPU=1): then CUDA stays visible; otherwise tests run on CPU."""
+    if os.environ.get("NEMO_MINITRON_GPU") == "1":
+        return True
+    exprs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-m"] + [a[2:] for a in argv if a.startswith("-m")
+                                                                          and len(a) > 2]
+    return any("gpu" in e and "not gpu" not in e for e in exprs)
+
+
+if not _gpu_tier_selected(sys.argv):
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
 

@@ -89,6 +89,7 @@ def test_config_mapping_roundtrip_and_errors():
 # --------------------------------------------------------------------------- end to end at TP=1
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_hf_megatron_hf_roundtrip(world, tmp_path, kind):
     from nemo_minitron.checkpoint import read_metadata, tokenizer_path
@@ -163,6 +164,7 @@ def test_handmade_pruned_megatron_model_exports(world, tmp_path, model_type):
     assert diff < TOL, diff
 
 
+@pytest.mark.compat
 @pytest.mark.multiproc
 def test_tp2_import_and_logits(tmp_path):
     """One 2-rank launch: import sharded at TP=2 (PP=2 for the tied model), logits at TP=2/PP=2, export back."""

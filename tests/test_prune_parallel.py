@@ -48,6 +48,7 @@ def _state(path):
     return {k: v for k, v in _model(path).state_dict().items() if isinstance(v, torch.Tensor)}
 
 
+@pytest.mark.compat
 def test_prune_is_layout_independent(tmp_path):
     from nemo_minitron import runtime
     from nemo_minitron.checkpoint import save_checkpoint

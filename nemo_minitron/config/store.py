@@ -26,6 +26,7 @@ _MODULES = (
     "nemo_minitron.config.interop",
     "nemo_minitron.eval.config",
     "nemo_minitron.recipe.config",
+    "nemo_minitron.plan.planner",
 )
 
 #: Hydra settings shared by every entry point (``- nemo_minitron_hydra`` in a primary config's defaults):
