@@ -24,6 +24,7 @@ import time
 import hydra
 from omegaconf import OmegaConf
 
+from nemo_minitron import cli
 from nemo_minitron.config.store import register_configs
 from nemo_minitron.paths import conf_dir
 
@@ -57,4 +58,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -12,6 +12,7 @@ CC BY-SA: generate it, do not commit it. Next step: examples/prepare_wikitext.py
 import hydra
 from omegaconf import OmegaConf
 
+from nemo_minitron import cli
 from nemo_minitron.config.store import register_configs
 from nemo_minitron.paths import conf_dir
 
@@ -31,4 +32,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

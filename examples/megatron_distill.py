@@ -18,6 +18,7 @@ again on the same RUN resumes from its latest checkpoint; trainer.max_steps may 
 
 import hydra
 
+from nemo_minitron import cli
 from nemo_minitron.config.store import register_configs
 from nemo_minitron.paths import conf_dir
 from nemo_minitron.train.recipe import run_from_hydra
@@ -32,4 +33,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

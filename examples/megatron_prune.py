@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import hydra  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from nemo_minitron import runtime  # noqa: E402
+from nemo_minitron import cli, runtime  # noqa: E402
 from nemo_minitron.config.store import register_configs  # noqa: E402
 from nemo_minitron.paths import conf_dir  # noqa: E402
 from nemo_minitron.prune.pipeline import run_prune  # noqa: E402
@@ -58,4 +58,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -20,6 +20,7 @@ import json
 import hydra
 from omegaconf import OmegaConf
 
+from nemo_minitron import cli
 from nemo_minitron.config.store import register_configs
 from nemo_minitron.paths import conf_dir
 
@@ -52,4 +53,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -199,6 +199,9 @@ class ExportConfig:
     save_path: Optional[str] = None
     """Final student checkpoint directory (loadable with load_checkpoint); null skips the export."""
 
+    overwrite: bool = False
+    """Replace an existing ``save_path`` (only a complete nemo_minitron checkpoint is ever replaced)."""
+
 
 @dataclass
 class TrainConfig:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -245,6 +244,7 @@ def import_hf(input_dir_or_gguf: PathLike, output_ckpt: PathLike, tp: int = 1, p
     ``tp``/``pp`` are still validated against the architecture). The tokenizer found next to the
     weights (or ``tokenizer_dir``) is carried into ``output_ckpt/tokenizer/``.
     """
+    from nemo_minitron.atomic import private_temp_dir
     from nemo_minitron.checkpoint import save_checkpoint
     from nemo_minitron.interop import gguf
     from nemo_minitron.interop.megatron_io import build_model_for_conversion, conversion_layout, fill_from_hf
@@ -252,7 +252,7 @@ def import_hf(input_dir_or_gguf: PathLike, output_ckpt: PathLike, tp: int = 1, p
 
     t0 = time.perf_counter()
     src = str(input_dir_or_gguf)
-    tmp_tok = Path(tempfile.mkdtemp(prefix="nm_tok_"))
+    tmp_tok = private_temp_dir("tok")
     try:
         if gguf.is_gguf_input(src):
             hf_cfg, source, _ = gguf.open_gguf(src, tmp_tok, cache_dir=cache_dir)
@@ -307,15 +307,14 @@ def export_hf(ckpt: PathLike, output_dir: PathLike, *, model_type: Optional[str]
     ``dtype`` ``auto`` keeps the source's dtype recorded at import (else float32). Weights stream
     into safetensors shards of at most ``max_shard_size``. Collective under torchrun (rank 0 writes).
     """
+    from nemo_minitron.atomic import check_output_path
     from nemo_minitron.checkpoint import tokenizer_path
     from nemo_minitron.interop.megatron_io import iter_hf_tensors
     from nemo_minitron.interop.safetensors_io import ShardedSafetensorsWriter
     from nemo_minitron.interop.safety import atomic_output_dir
 
     t0 = time.perf_counter()
-    out = Path(output_dir).absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"output {out} already exists; set overwrite=true or choose another output_path")
+    out = check_output_path(output_dir, overwrite=overwrite, inputs=(ckpt,))
     model, cfg, meta = load_for_export(ckpt)
     hf_info = (meta.get("extra") or {}).get("hf") or {}
     if dtype == "auto":
