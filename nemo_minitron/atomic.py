@@ -8,7 +8,7 @@ rank 0 creates and renames, every rank writes its part in between.
 Every writer first calls :func:`check_output_path`: an output path that is empty, the current
 directory, ``/``, the home directory or a directory holding one of the inputs is refused, and an
 existing output is replaced (with ``overwrite=true``) only when it is a complete output of ours
-(it carries :data:`OUTPUT_MARKER`, or a marker the caller names) or an empty directory. Hidden
+(it holds the marker file its writer names, e.g. a checkpoint's ``COMPLETE``) or an empty directory. Hidden
 temporary siblings left by a killed run (``.X.incomplete-<pid>-*``, ``.X.old-<pid>-*`` and the
 other ``<pid>``-tagged names of :data:`TEMP_TAGS`) are removed by the next writer of ``X`` once
 their process is gone.
@@ -29,8 +29,6 @@ import torch.distributed as dist
 
 PathLike = Union[str, os.PathLike]
 
-OUTPUT_MARKER = ".nemo_minitron-output"
-"""Hidden file written into every directory :func:`atomic_dir` / :func:`collective_atomic_dir` produce."""
 TEMP_TAGS = ("incomplete", "old", "nemo2-extract", "tmp")
 """Tags of the hidden temporary siblings ``.<name>.<tag>-<pid>...`` our writers create."""
 
@@ -86,7 +84,7 @@ def private_temp_dir(tag: str) -> Path:
 
 def _is_ours(path: Path, markers: Iterable[str]) -> bool:
     if path.is_dir():
-        return any((path / m).is_file() for m in (OUTPUT_MARKER, *markers)) or not any(path.iterdir())
+        return any((path / m).is_file() for m in markers) or not any(path.iterdir())
     return False
 
 
@@ -98,7 +96,7 @@ def check_output_path(path: PathLike, key: str = "output_path", overwrite: bool 
     Refuses (``UnsafeOutputError``) an empty path, the current directory, ``/``, the home directory,
     an existing non-directory where a directory is written, and a directory that holds (or is) one of
     ``inputs``. An existing output raises ``exists_error`` unless ``overwrite``; with ``overwrite``
-    it must be a complete output of ours (``OUTPUT_MARKER`` or one of ``markers``) or empty.
+    it must be a complete output of ours (holding one of the ``markers`` files) or empty.
     ``is_dir=False`` checks a file output (only the location rules and ``overwrite`` apply).
     Stale temporary siblings of the path are cleaned up on the way.
     """
@@ -120,8 +118,9 @@ def check_output_path(path: PathLike, key: str = "output_path", overwrite: bool 
         if not overwrite:
             raise exists_error(f"{key}={final} already exists; set overwrite=true or choose another output path")
         if is_dir and not _is_ours(final, markers):
-            raise UnsafeOutputError(f"{key}={final} exists and is not an output of nemo_minitron (no {OUTPUT_MARKER} "
-                                    "marker); refusing to replace it even with overwrite=true. Remove it yourself "
+            found = " or ".join(markers) if markers else "nothing: only an empty directory can be replaced"
+            raise UnsafeOutputError(f"{key}={final} exists and is not an output of nemo_minitron (looked for "
+                                    f"{found}); refusing to replace it even with overwrite=true. Remove it yourself "
                                     "or choose another output path")
     if is_rank0():
         clean_stale_temps(final)
@@ -159,8 +158,6 @@ def replace_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         backup = final.parent / f".{final.name}.old-{os.getpid()}-{time.time_ns()}"
         os.replace(final, backup)
-    if tmp.is_dir() and not (tmp / OUTPUT_MARKER).exists():
-        (tmp / OUTPUT_MARKER).write_text("complete\n")
     os.replace(tmp, final)
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True) if backup.is_dir() else backup.unlink()

@@ -32,7 +32,6 @@ from typing import Any, Optional
 import torch
 
 from nemo_minitron.atomic import (
-    OUTPUT_MARKER,
     barrier,
     broadcast_from_rank0,
     check_output_path,
@@ -171,7 +170,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 def _payload_files(root: Path) -> list[str]:
     """Every file under ``root`` covered by the checksums (all but the metadata and markers), sorted."""
-    skip = {METADATA_FILE, COMPLETE_MARKER, OUTPUT_MARKER}
+    skip = {METADATA_FILE, COMPLETE_MARKER}
     return sorted(str(f.relative_to(root)) for f in root.rglob("*") if f.is_file() and str(f.relative_to(root))
                   not in skip)
 
@@ -257,7 +256,9 @@ def load_checkpoint(model: torch.nn.Module, cfg: ModelConfig, path: str | os.Pat
     except BaseException as exc:  # torch DCP's CheckpointException is not an Exception subclass
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        raise CheckpointError(f"checkpoint {path}: failed to read weights ({type(exc).__name__}: {exc})") from exc
+        detail = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and ln.strip() != ")"]
+        raise CheckpointError(f"checkpoint {path}: failed to read weights ({detail[-1] if detail else type(exc).__name__})"
+                              "; re-create or re-copy it") from exc
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]
     unexpected = [k for k in unexpected if not k.endswith("_extra_state")]

@@ -97,7 +97,12 @@ def error_lines(exc: BaseException) -> list[str]:
 
     if isinstance(exc, OmegaConfBaseException):
         return _omegaconf_lines(exc)
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()] or [type(exc).__name__]
+    text = str(exc).strip()
+    if "Traceback (most recent call last)" in text:  # a wrapped error carrying its own trace: keep its last line
+        head, _, tail = text.partition("Traceback (most recent call last)")
+        tail_lines = [ln for ln in tail.splitlines() if ln.strip() and ln.strip() != ")"]
+        text = head.strip() + (f" {tail_lines[-1].strip()}" if tail_lines else "")
+    lines = [ln for ln in text.splitlines() if ln.strip()] or [type(exc).__name__]
     cause = exc.__cause__
     if isinstance(cause, OmegaConfBaseException):  # Hydra wraps the OmegaConf error saying which key
         lines += _omegaconf_lines(cause)

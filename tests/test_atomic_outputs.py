@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from nemo_minitron.atomic import (
-    OUTPUT_MARKER,
     UnsafeOutputError,
     atomic_dir,
     check_output_path,
@@ -52,12 +51,13 @@ def test_overwrite_replaces_only_our_complete_outputs(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["theirs"]
 
     ours = tmp_path / "ours"
-    with atomic_dir(ours) as tmp:
-        (tmp / "a").write_text("1")
-    assert (ours / OUTPUT_MARKER).is_file()
-    with atomic_dir(ours, overwrite=True) as tmp:
+    with atomic_dir(ours, markers=("DONE",)) as tmp:
+        (tmp / "DONE").write_text("1")
+    with atomic_dir(ours, overwrite=True, markers=("DONE",)) as tmp:
         (tmp / "b").write_text("2")
-    assert sorted(p.name for p in ours.iterdir()) == [OUTPUT_MARKER, "b"]
+    assert sorted(p.name for p in ours.iterdir()) == ["b"]
+    with pytest.raises(UnsafeOutputError, match="looked for DONE"):  # the replacement has no marker
+        check_output_path(ours, overwrite=True, markers=("DONE",))
     empty = tmp_path / "empty"
     empty.mkdir()
     check_output_path(empty, overwrite=True)  # nothing to lose

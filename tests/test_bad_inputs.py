@@ -153,3 +153,12 @@ def test_readme_eod_token_override_parses():
         (word,) = shlex.split(text)
         (override,) = OverridesParser.create().parse_overrides([word])
         assert override.key_or_group == "eod_token" and override.value() == "<|endoftext|>"
+
+
+def test_error_lines_name_the_path_and_drop_embedded_tracebacks():
+    full = OSError(28, "No space left on device", "/data/out/weights/__0_0.distcp")
+    assert cli.error_lines(full) == ["[Errno 28] No space left on device: '/data/out/weights/__0_0.distcp'"]
+    wrapped = RuntimeError("checkpoint X: failed (CheckpointException ranks:[0]\nTraceback (most recent call last):\n"
+                           "  File \"a.py\", line 1, in f\nFileNotFoundError: no such file: 'X/w'\n)")
+    (line,) = cli.error_lines(wrapped)
+    assert "Traceback" not in line and line.endswith("no such file: 'X/w'")

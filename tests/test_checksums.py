@@ -25,7 +25,7 @@ def _shards(path):
 def test_every_file_has_a_checksum(ckpt):
     sums = json.loads((ckpt / METADATA_FILE).read_text())["checksums"]
     files = sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file())
-    assert sorted(sums) == [f for f in files if f not in (METADATA_FILE, "COMPLETE", ".nemo_minitron-output")]
+    assert sorted(sums) == [f for f in files if f not in (METADATA_FILE, "COMPLETE")]
     assert "tokenizer/tokenizer.json" in sums and "weights/.metadata" in sums
     verify_checksums(ckpt)
 

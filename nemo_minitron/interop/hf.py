@@ -310,11 +310,12 @@ def export_hf(ckpt: PathLike, output_dir: PathLike, *, model_type: Optional[str]
     from nemo_minitron.atomic import check_output_path
     from nemo_minitron.checkpoint import tokenizer_path
     from nemo_minitron.interop.megatron_io import iter_hf_tensors
+    from nemo_minitron.interop.safetensors_io import SAFE_INDEX as SAFE_INDEX_NAME
     from nemo_minitron.interop.safetensors_io import ShardedSafetensorsWriter
     from nemo_minitron.interop.safety import atomic_output_dir
 
     t0 = time.perf_counter()
-    out = check_output_path(output_dir, overwrite=overwrite, inputs=(ckpt,))
+    out = check_output_path(output_dir, overwrite=overwrite, inputs=(ckpt,), markers=(SAFE_INDEX_NAME,))
     model, cfg, meta = load_for_export(ckpt)
     hf_info = (meta.get("extra") or {}).get("hf") or {}
     if dtype == "auto":
@@ -324,7 +325,7 @@ def export_hf(ckpt: PathLike, output_dir: PathLike, *, model_type: Optional[str]
     hf_cfg = hf_config_from_model_config(cfg, model_type or hf_info.get("model_type"), dtype,
                                          {k: hf_info.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
     if is_rank0():
-        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        with atomic_output_dir(out, overwrite=overwrite, markers=(SAFE_INDEX_NAME,)) as tmp:
             writer = ShardedSafetensorsWriter(tmp, max_shard_size)
             writer.add_all(iter_hf_tensors(model, cfg, DTYPES[dtype]))
             files = writer.close()
