@@ -48,6 +48,7 @@ METADATA_FILE = "nemo_minitron.json"
 WEIGHTS_DIR = "weights"
 TOKENIZER_DIR = "tokenizer"
 COMPLETE_MARKER = "COMPLETE"
+VERIFY_ENV = "NEMO_MINITRON_VERIFY_CHECKSUMS"
 
 
 class CheckpointError(RuntimeError):
@@ -192,9 +193,12 @@ def checksum_problems(path: str | os.PathLike, meta: Optional[dict[str, Any]] = 
 def verify_checksums(path: str | os.PathLike, meta: Optional[dict[str, Any]] = None) -> None:
     """Raise :class:`CheckpointError` naming every file whose SHA-256 differs from the metadata.
 
-    Checkpoints written before checksums were recorded pass unchecked. Collective when a process
-    group exists: rank 0 reads the files, every rank raises the same error.
+    Checkpoints written before checksums were recorded pass unchecked, and ``NEMO_MINITRON_VERIFY_CHECKSUMS=0``
+    skips the check. Collective when a process group exists: rank 0 reads the files, every rank raises the
+    same error.
     """
+    if os.environ.get(VERIFY_ENV, "1") == "0":
+        return
     problems = checksum_problems(path, meta) if is_rank0() else None
     problems = broadcast_from_rank0(problems)
     if problems:

@@ -58,3 +58,15 @@ def test_checkpoints_without_checksums_still_load(ckpt, tiny_cfg):
     del meta["checksums"]
     (ckpt / METADATA_FILE).write_text(json.dumps(meta))
     load_checkpoint(build_gpt_model(tiny_cfg), tiny_cfg, ckpt)
+
+
+def test_verification_can_be_skipped(ckpt, monkeypatch):
+    shard = _shards(ckpt)[0]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    monkeypatch.setenv("NEMO_MINITRON_VERIFY_CHECKSUMS", "0")
+    verify_checksums(ckpt)
+    monkeypatch.setenv("NEMO_MINITRON_VERIFY_CHECKSUMS", "1")
+    with pytest.raises(CheckpointError, match="is corrupt"):
+        verify_checksums(ckpt)
