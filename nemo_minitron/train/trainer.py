@@ -17,7 +17,6 @@ TensorBoard; a tqdm bar shows progress on rank 0. Train-state checkpoints
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from functools import partial
 from pathlib import Path
@@ -31,6 +30,7 @@ from nemo_minitron.config.train import OPTIMIZERS, TrainConfig
 from nemo_minitron.distill import losses
 from nemo_minitron.distill.stage import DistillationStage, adjust_tensor_shapes
 from nemo_minitron.logging import get_logger
+from nemo_minitron.models.forward import perplexity
 from nemo_minitron.runtime import ParallelContext
 from nemo_minitron.train import checkpointing, signals
 from nemo_minitron.train.lr import lr_at
@@ -267,7 +267,7 @@ class Trainer:
                                     else [], keys=("lm_sum", "tokens"))
         # _reduce_scalars averages; the ratio of averages is the token-weighted mean
         val_loss = sums["lm_sum"] / max(sums["tokens"], 1.0)
-        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+        return {"val_loss": val_loss, "val_ppl": perplexity(val_loss)}
 
     # ------------------------------------------------------------------ checkpoints
     def _trainer_state(self) -> dict:
