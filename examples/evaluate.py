@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import hydra  # noqa: E402
 
+from nemo_minitron import cli  # noqa: E402
 from nemo_minitron.config.model import ConfigError  # noqa: E402
 from nemo_minitron.config.store import register_configs, to_object  # noqa: E402
 from nemo_minitron.paths import conf_dir  # noqa: E402
@@ -82,4 +83,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

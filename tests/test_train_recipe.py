@@ -99,8 +99,12 @@ def test_distill_export_resume_and_tensorboard(setup):
             "val/loss", "val/ppl"} <= tags
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
     assert [s for s, _ in checkpointing.list_checkpoints(setup["root"] / "run")] == [3]
-    # the same command with a raised max_steps resumes from step 3 and runs 2 more steps
-    cfg = _cfg(setup, steps=5)
+    # the same command with a raised max_steps resumes from step 3 and runs 2 more steps; the existing
+    # export is refused before any training unless export.overwrite=true
+    with pytest.raises(ConfigError, match="export.save_path.*overwrite=true"):
+        run(_cfg(setup, steps=5))
+    assert [s for s, _ in checkpointing.list_checkpoints(setup["root"] / "run")] == [3]
+    cfg = _cfg(setup, steps=5, **{"export.overwrite": True})
     res2 = run(cfg)
     assert res2.status == "completed" and res2.step == 5
     assert [s for s, _ in checkpointing.list_checkpoints(setup["root"] / "run")] == [3, 5]

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Optional, Union
 
-from nemo_minitron.atomic import barrier, is_rank0
+from nemo_minitron.atomic import barrier, check_output_path, clean_stale_temps, is_rank0
 from nemo_minitron.config.model import ConfigError
 from nemo_minitron.logging import get_logger
 
@@ -35,7 +35,13 @@ def convert(input_path: PathLike, input_format: str, output_path: PathLike, outp
     ``transformer_impl`` picks the megatron layer spec used while converting (``auto``: Transformer
     Engine on a GPU when importable, else local); tensor names are translated for either spec.
     """
-    from nemo_minitron.checkpoint import is_checkpoint, load_checkpoint, load_model_config, save_checkpoint
+    from nemo_minitron.checkpoint import (
+        COMPLETE_MARKER,
+        is_checkpoint,
+        load_checkpoint,
+        load_model_config,
+        save_checkpoint,
+    )
     from nemo_minitron.checkpoint import tokenizer_path as ckpt_tokenizer
     from nemo_minitron.config.model import TRANSFORMER_IMPLS
     from nemo_minitron.interop.hf import export_hf, import_hf
@@ -49,18 +55,20 @@ def convert(input_path: PathLike, input_format: str, output_path: PathLike, outp
         raise ConfigError(f"output_format={output_format!r} must be one of {list(OUTPUT_FORMATS)}")
     if transformer_impl not in TRANSFORMER_IMPLS:
         raise ConfigError(f"model.transformer_impl={transformer_impl!r} must be one of {list(TRANSFORMER_IMPLS)}")
-    out = Path(output_path).absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"output_path={out} already exists; set overwrite=true or choose another output_path")
+    out = check_output_path(output_path, "output_path", overwrite=overwrite, inputs=(input_path, tokenizer_path),
+                            markers=(COMPLETE_MARKER,))
     if input_format == "megatron" and not is_checkpoint(input_path):
         raise FileNotFoundError(f"input_path={input_path} is not a complete nemo_minitron megatron checkpoint")
+    _check_tokenizer_source(input_path, input_format, tokenizer_path)
     if input_format == "gguf" and tokenizer_path is not None:
         log.warning("tokenizer_path is ignored for GGUF input: the GGUF file embeds its tokenizer")
 
     staging = out.parent / f".{out.name}.megatron-staging"
     ckpt = out if output_format == "megatron" else staging
-    if ckpt == staging and is_rank0() and staging.exists():
-        shutil.rmtree(staging)
+    if ckpt == staging and is_rank0():
+        clean_stale_temps(staging)
+        if staging.exists():
+            shutil.rmtree(staging)
     barrier()
     try:
         if input_format in ("hf", "gguf"):
@@ -139,3 +147,22 @@ def resolve_checkpoint(path: PathLike, key: str = "model.restore_from_path") -> 
         log.info("%s=%s is a %s checkpoint: converting it once into %s", key, path, fmt, cached)
         convert(p, fmt, cached, "megatron", overwrite=True)
     return cached
+
+
+def _check_tokenizer_source(input_path: PathLike, input_format: str, tokenizer_path: Optional[PathLike]) -> None:
+    """Every output carries a tokenizer: refuse a missing ``tokenizer_path`` or an HF input without one."""
+    vocab_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer.tiktoken")
+
+    def has_tokenizer(d: Path) -> bool:
+        return d.is_dir() and any((d / n).is_file() for n in vocab_files)
+
+    if tokenizer_path is not None:
+        tok = Path(tokenizer_path)
+        if not tok.exists():
+            raise FileNotFoundError(f"tokenizer_path={tokenizer_path} does not exist")
+        if tok.is_dir() and not has_tokenizer(tok):
+            raise ConfigError(f"tokenizer_path={tokenizer_path} holds no tokenizer files (any of "
+                              f"{', '.join(vocab_files)})")
+    elif input_format == "hf" and Path(input_path).is_dir() and not has_tokenizer(Path(input_path)):
+        raise ConfigError(f"input_path={input_path} has no tokenizer files (any of {', '.join(vocab_files)}); "
+                          "pass tokenizer_path=<directory with the model's tokenizer>")

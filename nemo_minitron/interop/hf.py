@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -334,6 +333,7 @@ def import_hf(input_dir_or_gguf: PathLike, output_ckpt: PathLike, tp: int = 1, p
     ``tp``/``pp`` are still validated against the architecture). The tokenizer found next to the
     weights (or ``tokenizer_dir``) is carried into ``output_ckpt/tokenizer/``.
     """
+    from nemo_minitron.atomic import private_temp_dir
     from nemo_minitron.checkpoint import save_checkpoint
     from nemo_minitron.interop import gguf
     from nemo_minitron.interop.megatron_io import build_model_for_conversion, conversion_layout, fill_from_hf
@@ -341,7 +341,7 @@ def import_hf(input_dir_or_gguf: PathLike, output_ckpt: PathLike, tp: int = 1, p
 
     t0 = time.perf_counter()
     src = str(input_dir_or_gguf)
-    tmp_tok = Path(tempfile.mkdtemp(prefix="nm_tok_"))
+    tmp_tok = private_temp_dir("tok")
     try:
         if gguf.is_gguf_input(src):
             hf_cfg, source, _ = gguf.open_gguf(src, tmp_tok, cache_dir=cache_dir)
@@ -405,15 +405,15 @@ def export_hf(ckpt: PathLike, output_dir: PathLike, *, model_type: Optional[str]
     launched with ``tp * pp`` ranks, each loads only its shard and full tensors stream to rank 0 one at
     a time (:func:`~nemo_minitron.interop.megatron_io.iter_hf_tensors_sharded`).
     """
+    from nemo_minitron.atomic import check_output_path
     from nemo_minitron.checkpoint import tokenizer_path
     from nemo_minitron.interop.megatron_io import iter_hf_tensors_sharded
+    from nemo_minitron.interop.safetensors_io import SAFE_INDEX as SAFE_INDEX_NAME
     from nemo_minitron.interop.safetensors_io import ShardedSafetensorsWriter
     from nemo_minitron.interop.safety import atomic_output_dir
 
     t0 = time.perf_counter()
-    out = Path(output_dir).absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"output {out} already exists; set overwrite=true or choose another output_path")
+    out = check_output_path(output_dir, overwrite=overwrite, inputs=(ckpt,), markers=(SAFE_INDEX_NAME,))
     model, cfg, meta = load_for_export(ckpt, transformer_impl=transformer_impl, tp=tp, pp=pp)
     hf_info = (meta.get("extra") or {}).get("hf") or {}
     if dtype == "auto":
@@ -424,7 +424,7 @@ def export_hf(ckpt: PathLike, output_dir: PathLike, *, model_type: Optional[str]
     token_ids = special_token_ids(hf_info, tok)
     hf_cfg = hf_config_from_model_config(cfg, model_type or hf_info.get("model_type"), dtype, token_ids)
     if is_rank0():
-        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        with atomic_output_dir(out, overwrite=overwrite, markers=(SAFE_INDEX_NAME,)) as tmp:
             writer = ShardedSafetensorsWriter(tmp, max_shard_size)
             writer.add_all(iter_hf_tensors_sharded(model, cfg, DTYPES[dtype]))
             files = writer.close()

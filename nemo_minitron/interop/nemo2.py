@@ -30,7 +30,14 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from nemo_minitron.atomic import barrier, broadcast_from_rank0, collective_atomic_dir, is_rank0
+from nemo_minitron.atomic import (
+    barrier,
+    broadcast_from_rank0,
+    check_output_path,
+    clean_stale_temps,
+    collective_atomic_dir,
+    is_rank0,
+)
 from nemo_minitron.config.model import ConfigError, ModelConfig
 from nemo_minitron.logging import get_logger
 
@@ -235,8 +242,13 @@ def import_nemo2(nemo2_dir: PathLike, output_ckpt: PathLike, tp: int = 1, pp: in
     out = Path(output_ckpt).absolute()
     staging = None
     if is_rank0():
+        clean_stale_temps(out)
         staging = str(out.parent / f".{out.name}.nemo2-extract-{os.getpid()}")
-        safe_extract_tar(src, staging)
+        try:
+            safe_extract_tar(src, staging)
+        except BaseException:  # a refused (unsafe) or unreadable archive leaves nothing behind
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         found = [p.parent.parent for p in Path(staging).rglob("context/model.yaml")]
         staging = str(found[0]) if len(found) == 1 else staging
     root = Path(broadcast_from_rank0(staging))
@@ -293,9 +305,7 @@ def export_nemo2(ckpt: PathLike, output_dir: PathLike, *, overwrite: bool = Fals
     from nemo_minitron.interop.hf import load_for_export
 
     t0 = time.perf_counter()
-    final = Path(output_dir).absolute()
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"output {final} already exists; set overwrite=true or choose another output_path")
+    final = check_output_path(output_dir, overwrite=overwrite, inputs=(ckpt,), markers=("context/model.yaml",))
     model, cfg, _ = load_for_export(ckpt, transformer_impl=transformer_impl)
     with collective_atomic_dir(final) as tmp:
         _write_nemo2(model, cfg, ckpt, tmp, final)
@@ -308,11 +318,12 @@ def _write_nemo2(model, cfg: ModelConfig, ckpt: PathLike, tmp: Path, final: Path
     """Fill the temporary NeMo 2 directory ``tmp`` (collective)."""
     from megatron.core import dist_checkpointing
 
-    from nemo_minitron.checkpoint import tokenizer_path
+    from nemo_minitron.checkpoint import prepare_checkpoint_writer, tokenizer_path
 
     if is_rank0():
         (tmp / "weights").mkdir()
     barrier()
+    prepare_checkpoint_writer()
     dist_checkpointing.save(model.sharded_state_dict(prefix=PREFIX), str(tmp / "weights"))
     if is_rank0():
         ctx = tmp / "context"

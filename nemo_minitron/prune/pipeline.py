@@ -29,7 +29,14 @@ import torch
 import torch.distributed as dist
 
 from nemo_minitron import runtime
-from nemo_minitron.checkpoint import load_checkpoint, load_model_config, save_checkpoint, tokenizer_path
+from nemo_minitron.atomic import check_output_path
+from nemo_minitron.checkpoint import (
+    COMPLETE_MARKER,
+    load_checkpoint,
+    load_model_config,
+    save_checkpoint,
+    tokenizer_path,
+)
 from nemo_minitron.config.model import ConfigError, ModelConfig, apply_layout
 from nemo_minitron.config.prune import MegatronPruneConfig, PruneConfig
 from nemo_minitron.logging import get_logger
@@ -179,11 +186,8 @@ def prepare(job: MegatronPruneConfig) -> Prepared:
     started = time.perf_counter()
     cfg = resolve_model_config(job)
     validate_targets(job.prune, cfg)
-    if not job.export.save_path:
-        raise ConfigError("export.save_path is required: the directory the pruned checkpoint is written to")
-    out = Path(job.export.save_path)
-    if out.exists() and not job.export.overwrite:
-        raise ConfigError(f"export.save_path={out} already exists; set export.overwrite=true or pick another path")
+    out = check_output_path(job.export.save_path, "export.save_path", overwrite=job.export.overwrite,
+                            inputs=(cfg.restore_from_path, job.model.restore_from_path), markers=(COMPLETE_MARKER,), exists_error=ConfigError)
     ctx = runtime.init_model_parallel(cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size, cfg.seed)
     return Prepared(job, cfg, ctx, out, started)
 

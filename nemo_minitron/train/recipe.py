@@ -90,7 +90,14 @@ def run(cfg: TrainConfig, run_dir: Optional[str | Path] = None, data=None) -> Ru
     import torch.distributed as dist
 
     from nemo_minitron import runtime
-    from nemo_minitron.checkpoint import load_checkpoint, load_model_config, save_checkpoint, tokenizer_path
+    from nemo_minitron.atomic import check_output_path
+    from nemo_minitron.checkpoint import (
+        COMPLETE_MARKER,
+        load_checkpoint,
+        load_model_config,
+        save_checkpoint,
+        tokenizer_path,
+    )
     from nemo_minitron.distill.teacher import check_same_tokenizer, load_teacher
     from nemo_minitron.interop.convert import resolve_checkpoint
     from nemo_minitron.models.builder import build_gpt_model
@@ -102,6 +109,10 @@ def run(cfg: TrainConfig, run_dir: Optional[str | Path] = None, data=None) -> Ru
         if given(getattr(m, key)) and (key == "restore_from_path" or cfg.mode == "distill"):
             setattr(m, key, str(resolve_checkpoint(getattr(m, key), key=f"model.{key}")))
     cfg.validate(dist.get_world_size())
+    if cfg.export.save_path:  # refuse before training, not after it
+        check_output_path(cfg.export.save_path, "export.save_path", overwrite=cfg.export.overwrite,
+                          inputs=(m.restore_from_path, m.kd_teacher_restore_from_path), markers=(COMPLETE_MARKER,),
+                          exists_error=ConfigError)
     ctx = runtime.init_model_parallel(m.tensor_model_parallel_size, m.pipeline_model_parallel_size, seed=m.seed)
     run_dir = Path(run_dir) if run_dir is not None else resolve_run_dir(cfg)
     restore = m.restore_from_path if given(m.restore_from_path) else None
@@ -130,7 +141,8 @@ def run(cfg: TrainConfig, run_dir: Optional[str | Path] = None, data=None) -> Ru
     status = trainer.fit()
     export = None
     if status == "completed" and cfg.export.save_path:
-        export = str(save_checkpoint(student, student_cfg, cfg.export.save_path, overwrite=True, tokenizer_dir=tok_dir,
+        export = str(save_checkpoint(student, student_cfg, cfg.export.save_path, overwrite=cfg.export.overwrite,
+                                     tokenizer_dir=tok_dir,
                                      extra_metadata={"trained_by": cfg.mode, "train_steps": trainer.step,
                                                      "teacher": teacher_path}))
     trainer.close()
