@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import hydra  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from nemo_minitron.config.store import register_configs  # noqa: E402
+from nemo_minitron.config.store import register_configs, to_object  # noqa: E402
 from nemo_minitron.paths import conf_dir  # noqa: E402
 
 register_configs()
@@ -59,7 +59,7 @@ def main(cfg) -> None:
     from nemo_minitron.models.params import count_parameters
     from nemo_minitron.train.evaluate import evaluate_checkpoint, heldout_batches
 
-    demo = OmegaConf.to_object(cfg).validate()
+    demo = to_object(cfg).validate()
     work = Path(hydra.utils.to_absolute_path(demo.work_dir))
     work.mkdir(parents=True, exist_ok=True)
     runtime.init_distributed()

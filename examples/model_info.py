@@ -7,9 +7,8 @@
 import json
 
 import hydra
-from omegaconf import OmegaConf
 
-from nemo_minitron.config.store import register_configs
+from nemo_minitron.config.store import register_configs, to_object
 from nemo_minitron.models.params import count_parameters
 from nemo_minitron.paths import conf_dir
 
@@ -18,7 +17,7 @@ register_configs()
 
 @hydra.main(config_path=conf_dir(), config_name="model_info", version_base=None)
 def main(cfg) -> None:
-    info = OmegaConf.to_object(cfg)
+    info = to_object(cfg)
     model = info.model.validate()
     counts = count_parameters(model)
     if info.output == "json":

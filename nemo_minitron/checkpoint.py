@@ -154,24 +154,109 @@ def check_compatible(saved: ModelConfig, wanted: ModelConfig, path: str | os.Pat
 
 
 def load_checkpoint(model: torch.nn.Module, cfg: ModelConfig, path: str | os.PathLike, strict: bool = True) -> dict:
-    """Load the checkpoint at ``path`` into ``model`` (built from ``cfg`` at any TP/PP). Collective.
+    """Load the checkpoint at ``path`` into ``model`` (built from ``cfg`` at any TP/PP, either layer spec). Collective.
 
-    Returns the checkpoint metadata. Every parameter of the model must be found in the checkpoint.
+    Returns the checkpoint metadata. Every weight of the model must be found in the checkpoint and
+    every weight of the checkpoint used (:func:`load_weights`); ``strict=False`` only tolerates
+    missing/unexpected entries of the final ``load_state_dict``.
+    """
+    meta = read_metadata(path)
+    check_compatible(ModelConfig.from_dict(meta["model"], strict=False), cfg, path)
+    load_weights(model, Path(path) / WEIGHTS_DIR, strict=strict)
+    return meta
+
+
+class UnmatchedKeysError(CheckpointError, KeyError):
+    """Checkpoint and model tensors do not match one to one; the message lists both sides."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _mismatch(where: str, missing, unexpected) -> UnmatchedKeysError:
+    missing, unexpected = sorted(missing), sorted(unexpected)
+    return UnmatchedKeysError(
+        f"{where}: {len(missing)} model tensor(s) not found in the checkpoint {missing[:20]}"
+        f"{' ...' if len(missing) > 20 else ''}; {len(unexpected)} checkpoint tensor(s) not used by the model "
+        f"{unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}. Refusing to load a partial model "
+        "(fused names like linear_qkv.layer_norm_weight and unfused input_layernorm.weight are both accepted)")
+
+
+def stored_tensor_keys(weights_dir: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor keys (and global shapes) stored in a megatron dist checkpoint directory."""
+    from megatron.core import dist_checkpointing
+
+    meta = dist_checkpointing.load_tensors_metadata(str(weights_dir))
+    return {k: tuple(getattr(v, "global_shape", ())) for k, v in meta.items()}
+
+
+def weights_request(module: torch.nn.Module, stored: dict[str, Any], prefix: str = "") -> tuple[dict, list[str], set]:
+    """The sharded state dict to load from a checkpoint holding tensor keys ``stored``.
+
+    ``_extra_state`` objects (TE/FP8 bookkeeping: a TE model asks for some a local-spec checkpoint
+    lacks, and vice versa) are left out; a weight stored under its other norm spelling (TE-fused ⇄
+    local, :mod:`nemo_minitron.models.names`) is requested under the stored name. Returns
+    ``(request, missing model keys, used checkpoint keys)``.
+    """
+    from nemo_minitron.models import names
+
+    request = module.sharded_state_dict(prefix=prefix)
+    used, missing = set(), []
+    for name in list(request):
+        sh = request[name]
+        key = getattr(sh, "key", name)
+        if names.is_extra_state(name) or names.is_extra_state(key):
+            del request[name]
+            continue
+        if key not in stored and names.alternative(key) in stored:
+            sh.key = key = names.alternative(key)
+        (used.add if key in stored else missing.append)(key)
+    return request, missing, used
+
+
+def load_weights(model: torch.nn.Module, weights_dir: str | os.PathLike, prefix: str = "", strict: bool = True) -> None:
+    """Load the weights of a megatron dist checkpoint ``weights_dir`` into ``model`` (any spec, any TP/PP). Collective.
+
+    The one loader for every checkpoint read: it accepts local-spec and Transformer Engine
+    checkpoints into either spec (:func:`weights_request`), ignores entries that
+    ``dist_checkpointing.load`` merges in from ``common.pt`` (NeMo stores run metadata there) and,
+    with a ``prefix`` (NeMo 2: ``"module."``), stored tensors outside it (optimizer states). Raises
+    :class:`UnmatchedKeysError` before reading any data unless model and checkpoint weights match one
+    to one: a weight is never silently left at its initial value.
     """
     from megatron.core import dist_checkpointing
 
-    meta = read_metadata(path)
-    check_compatible(ModelConfig.from_dict(meta["model"], strict=False), cfg, path)
-    module = getattr(model, "module", model)
+    from nemo_minitron.models import names
+
+    module = getattr(model, "module", model)  # unwrap DDP so keys carry no "module." prefix
     try:
-        state = dist_checkpointing.load(module.sharded_state_dict(prefix=""), str(Path(path) / WEIGHTS_DIR))
+        stored = stored_tensor_keys(weights_dir)
     except BaseException as exc:  # torch DCP's CheckpointException is not an Exception subclass
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        raise CheckpointError(f"checkpoint {path}: failed to read weights ({type(exc).__name__}: {exc})") from exc
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("_extra_state")]
-    unexpected = [k for k in unexpected if not k.endswith("_extra_state")]
-    if strict and (missing or unexpected):
-        raise CheckpointError(f"checkpoint {path}: missing keys {missing}, unexpected keys {unexpected}")
-    return meta
+        raise CheckpointError(f"checkpoint {weights_dir}: cannot read its metadata ({type(exc).__name__}: {exc})"
+                              ) from exc
+    request, missing, used = weights_request(module, stored, prefix)
+    others = [k for k in stored if prefix and not k.startswith(prefix)]
+    if others:
+        log.info("ignoring %d non-model tensor(s) in %s (e.g. %s)", len(others), weights_dir, others[0])
+    unexpected = {k for k in stored if k not in used and names.is_weight_key(k) and k not in others}
+    if missing or unexpected:
+        raise _mismatch(f"checkpoint {weights_dir}", missing, unexpected)
+    requested = set(request)
+    try:
+        state = dist_checkpointing.load(request, str(weights_dir))
+    except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise CheckpointError(f"checkpoint {weights_dir}: failed to read weights ({type(exc).__name__}: {exc})"
+                              ) from exc
+    dropped = sorted(k for k in state if k not in requested)
+    if dropped:
+        log.debug("ignoring %d common entr(ies) of %s: %s", len(dropped), weights_dir, dropped[:5])
+    state = {k[len(prefix):] if prefix and k.startswith(prefix) else k: v for k, v in state.items() if k in requested}
+    bad_missing, bad_unexpected = module.load_state_dict(state, strict=False)
+    bad_missing = [k for k in bad_missing if names.is_weight_key(k)]
+    bad_unexpected = [k for k in bad_unexpected if names.is_weight_key(k)]
+    if strict and (bad_missing or bad_unexpected):
+        raise _mismatch(f"checkpoint {weights_dir} (state dict)", bad_missing, bad_unexpected)

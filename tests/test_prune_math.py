@@ -78,13 +78,14 @@ def test_ranking_ties_and_gqa():
 
 
 def test_depth_selection():
-    assert block_candidates(5, 2) == [[1, 2], [2, 3], [3, 4]]
-    cos = {1: 0.9, 2: 0.1, 3: 0.2, 4: 0.8}
-    assert select_drop("cosine", 4, 2, cos) == [2, 3]
-    assert select_drop("layer_loss", 4, 3, cos, layer_loss={1: 9.0, 2: 5.0, 3: 4.0, 4: 7.0}) == [3]
-    assert select_drop("block_loss", 4, 2, cos, block_loss={1: 3.0, 2: 2.5, 3: 2.5}) == [2, 3]
-    assert best_block({1: 1.0, 2: 0.5}, 3) == [2, 3, 4]
-    assert kept_layers(4, [2, 3]) == [0, 3]
+    # layers are 0-based inside the library; a block never contains the last layer
+    assert block_candidates(5, 2) == [[0, 1], [1, 2], [2, 3]]
+    cos = {0: 0.9, 1: 0.1, 2: 0.2, 3: 0.8}
+    assert select_drop("cosine", 4, 2, cos) == [1, 2]
+    assert select_drop("layer_loss", 4, 3, cos, layer_loss={0: 9.0, 1: 5.0, 2: 4.0, 3: 7.0}) == [2]
+    assert select_drop("block_loss", 4, 2, cos, block_loss={0: 3.0, 1: 2.5, 2: 2.5}) == [1, 2]
+    assert best_block({0: 1.0, 1: 0.5}, 3) == [1, 2, 3]
+    assert kept_layers(4, [1, 2]) == [0, 3]
 
 
 def test_budget_search_respects_budget_and_divisors():

@@ -79,7 +79,7 @@ def _zeroed(model, cfg, ffn=None, heads=None, layers=()):
                 for h in range(cfg.num_attention_heads):
                     if h not in set(heads[i]):
                         layer.self_attention.linear_proj.weight[:, h * d:(h + 1) * d] = 0
-            if i + 1 in layers:
+            if i in layers:
                 for lin in (layer.self_attention.linear_proj, layer.mlp.linear_fc2):
                     lin.weight.zero_()
                     if getattr(lin, "bias", None) is not None:
@@ -108,12 +108,12 @@ def test_collector_matches_reference_aggregation():
     for h in hooks:
         h.remove()
     scores = collector.finalize()
-    torch.testing.assert_close(scores.ffn[2], aggregate(seen["ffn"], data.mask))
-    torch.testing.assert_close(scores.attn_channels[2], aggregate(seen["attn"], data.mask))
-    torch.testing.assert_close(scores.hidden_sites[2][1], aggregate(seen["hid1"], data.mask))
+    torch.testing.assert_close(scores.ffn[1], aggregate(seen["ffn"], data.mask))
+    torch.testing.assert_close(scores.attn_channels[1], aggregate(seen["attn"], data.mask))
+    torch.testing.assert_close(scores.hidden_sites[1][1], aggregate(seen["hid1"], data.mask))
     cos = torch.nn.functional.cosine_similarity(seen["hin"], seen["hout"], dim=-1).t()[data.mask]
-    assert scores.layer_cosine[2] == pytest.approx(float((1 - cos).mean()), rel=1e-5)
-    assert scores.hidden.shape == (64,) and scores.heads(2).shape == (8,) and scores.groups(2).shape == (4,)
+    assert scores.layer_cosine[1] == pytest.approx(float((1 - cos).mean()), rel=1e-5)
+    assert scores.hidden.shape == (64,) and scores.heads(1).shape == (8,) and scores.groups(1).shape == (4,)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -136,8 +136,8 @@ def test_pruned_model_equals_original_with_units_zeroed(variant):
         "ffn": dict(ffn=48),
         "heads": dict(heads=4),
         "groups": dict(groups=2),
-        "layers": dict(drop=[2, 4]),
-        "all": dict(ffn=32, heads=2, groups=2, drop=[3]),
+        "layers": dict(drop=[1, 3]),
+        "all": dict(ffn=32, heads=2, groups=2, drop=[2]),
     }
     for name, targets in cases.items():
         plan = make_plan(cfg, scores, **targets)
@@ -252,6 +252,6 @@ def test_cli_drop_layers_matches_skipping_layers(tiny_ckpt):
     assert report["validation"]["num_samples"] == 8 and report["importance"]["val_data"].endswith("calib.pt")
     pruned, _ = _weights(root / "dropped")
     original, _ = _weights(root / "ckpt")
-    with skip_layers(original, [2, 4]):
+    with skip_layers(original, [1, 3]):  # 0-based: layer numbers 2 and 4
         want = forward_logits(original, TOKENS)
     torch.testing.assert_close(forward_logits(pruned, TOKENS), want, atol=1e-5, rtol=1e-5)

@@ -216,6 +216,42 @@ class ModelConfig:
         return {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)}
 
 
+@dataclass
+class LayoutConfig:
+    """How a model is run (parallel layout, layer spec, seed), independent of what it is."""
+
+    tensor_model_parallel_size: int = 1
+    """Tensor-parallel size to run with (a checkpoint saved at one layout loads at any other)."""
+
+    pipeline_model_parallel_size: int = 1
+    """Pipeline-parallel size to run with."""
+
+    transformer_impl: str = "auto"
+    """Layer spec: auto (Transformer Engine when importable, else local), local or transformer_engine."""
+
+    seed: int = 1234
+    """Seed for parameter initialisation and RNG trackers."""
+
+
+@dataclass
+class RuntimeModelConfig(LayoutConfig):
+    """The ``model`` block of a recipe that reads the architecture from its checkpoint (prune).
+
+    It has no architecture keys: ``model.hidden_size=...`` is refused instead of silently ignored.
+    """
+
+    restore_from_path: Optional[str] = None
+    """Checkpoint to load (megatron dist-checkpoint directory written by nemo_minitron); its architecture is used."""
+
+    precision: str = "auto"
+    """Parameter dtype: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16."""
+
+
+def arch_fields() -> tuple[str, ...]:
+    """Names of the :class:`ModelConfig` fields that describe the architecture (what a checkpoint fixes)."""
+    return tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in RUNTIME_FIELDS and f.name != "name")
+
+
 def field_docs() -> dict[str, str]:
     """Attribute docstrings of :class:`ModelConfig`, for ``--help`` style output."""
     import ast

@@ -25,12 +25,18 @@ OUTPUT_FORMATS = ("hf", "nemo2", "megatron")
 
 
 def convert(input_path: PathLike, input_format: str, output_path: PathLike, output_format: str, *,
-            tp: int = 1, pp: int = 1, precision: str = "auto", hf_model_type: Optional[str] = None,
+            tp: int = 1, pp: int = 1, precision: str = "auto", transformer_impl: str = "auto",
+            hf_model_type: Optional[str] = None,
             dtype: str = "auto", max_shard_size: Union[str, int] = "5GB", tokenizer_path: Optional[PathLike] = None,
             trust_remote_code: bool = False, overwrite: bool = False, cache_dir: Optional[PathLike] = None) -> Path:
-    """Convert ``input_path`` (``input_format``) into ``output_path`` (``output_format``). Collective under torchrun."""
+    """Convert ``input_path`` (``input_format``) into ``output_path`` (``output_format``). Collective under torchrun.
+
+    ``transformer_impl`` picks the megatron layer spec used while converting (``auto``: Transformer
+    Engine on a GPU when importable, else local); tensor names are translated for either spec.
+    """
     from nemo_minitron.checkpoint import is_checkpoint, load_checkpoint, load_model_config, save_checkpoint
     from nemo_minitron.checkpoint import tokenizer_path as ckpt_tokenizer
+    from nemo_minitron.config.model import TRANSFORMER_IMPLS
     from nemo_minitron.interop.hf import export_hf, import_hf
     from nemo_minitron.interop.megatron_io import build_model_for_conversion, conversion_layout
     from nemo_minitron.interop.nemo2 import export_nemo2, import_nemo2
@@ -39,6 +45,8 @@ def convert(input_path: PathLike, input_format: str, output_path: PathLike, outp
         raise ConfigError(f"input_format={input_format!r} must be one of {list(INPUT_FORMATS)}")
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"output_format={output_format!r} must be one of {list(OUTPUT_FORMATS)}")
+    if transformer_impl not in TRANSFORMER_IMPLS:
+        raise ConfigError(f"model.transformer_impl={transformer_impl!r} must be one of {list(TRANSFORMER_IMPLS)}")
     out = Path(output_path).absolute()
     if out.exists() and not overwrite:
         raise FileExistsError(f"output_path={out} already exists; set overwrite=true or choose another output_path")
@@ -55,11 +63,13 @@ def convert(input_path: PathLike, input_format: str, output_path: PathLike, outp
     try:
         if input_format in ("hf", "gguf"):
             import_hf(input_path, ckpt, tp, pp, precision=precision, tokenizer_dir=tokenizer_path,
-                      trust_remote_code=trust_remote_code, overwrite=overwrite, cache_dir=cache_dir)
+                      trust_remote_code=trust_remote_code, overwrite=overwrite, cache_dir=cache_dir,
+                      transformer_impl=transformer_impl)
         elif input_format == "nemo2":
-            import_nemo2(input_path, ckpt, tp, pp, precision=precision, overwrite=overwrite)
+            import_nemo2(input_path, ckpt, tp, pp, precision=precision, overwrite=overwrite,
+                         transformer_impl=transformer_impl)
         elif output_format == "megatron":  # megatron -> megatron: re-save (e.g. attach a tokenizer, record a layout)
-            cfg = load_model_config(input_path).replace(precision=precision)
+            cfg = load_model_config(input_path).replace(precision=precision, transformer_impl=transformer_impl)
             cfg.replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp).validate()
             btp, bpp = conversion_layout(tp, pp)
             model = build_model_for_conversion(cfg, btp, bpp)
@@ -71,9 +81,10 @@ def convert(input_path: PathLike, input_format: str, output_path: PathLike, outp
             ckpt = Path(input_path)
         if output_format == "hf":
             export_hf(ckpt, out, model_type=hf_model_type, dtype=dtype, max_shard_size=max_shard_size,
-                      overwrite=overwrite, tokenizer_dir=tokenizer_path if input_format == "megatron" else None)
+                      overwrite=overwrite, tokenizer_dir=tokenizer_path if input_format == "megatron" else None,
+                      transformer_impl=transformer_impl)
         elif output_format == "nemo2":
-            export_nemo2(ckpt, out, overwrite=overwrite)
+            export_nemo2(ckpt, out, overwrite=overwrite, transformer_impl=transformer_impl)
     finally:
         barrier()
         if is_rank0() and staging.exists():

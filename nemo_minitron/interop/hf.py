@@ -237,7 +237,7 @@ def collect_tokenizer_files(directory: PathLike, dest: PathLike) -> list[str]:
 
 def import_hf(input_dir_or_gguf: PathLike, output_ckpt: PathLike, tp: int = 1, pp: int = 1, *,
               precision: str = "auto", tokenizer_dir: Optional[PathLike] = None, trust_remote_code: bool = False,
-              overwrite: bool = False, cache_dir: Optional[PathLike] = None) -> Path:
+              overwrite: bool = False, cache_dir: Optional[PathLike] = None, transformer_impl: str = "auto") -> Path:
     """Convert a Hugging Face model directory or GGUF file into a megatron checkpoint at ``output_ckpt``.
 
     Collective when run under torchrun: with ``tp * pp`` ranks every rank fills its own shard;
@@ -264,7 +264,7 @@ def import_hf(input_dir_or_gguf: PathLike, output_ckpt: PathLike, tp: int = 1, p
             source = HFWeights(src)
             tok_names = collect_tokenizer_files(tokenizer_dir or src, tmp_tok)
         cfg, info = model_config_from_hf(hf_cfg)
-        cfg = cfg.replace(precision=precision)
+        cfg = cfg.replace(precision=precision, transformer_impl=transformer_impl)
         cfg.replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp).validate()
         if not tok_names:
             log.warning("no tokenizer files found in %s: the checkpoint will carry no tokenizer", tokenizer_dir or src)
@@ -287,12 +287,12 @@ def import_hf(input_dir_or_gguf: PathLike, output_ckpt: PathLike, tp: int = 1, p
 # --------------------------------------------------------------------------- export
 
 
-def load_for_export(ckpt: PathLike, precision: str = "auto"):
+def load_for_export(ckpt: PathLike, precision: str = "auto", transformer_impl: str = "auto"):
     """Build a TP=1 PP=1 model for checkpoint ``ckpt`` and load it; returns ``(model, cfg, metadata)``."""
     from nemo_minitron.checkpoint import load_checkpoint, load_model_config
     from nemo_minitron.interop.megatron_io import build_model_for_conversion
 
-    cfg = load_model_config(ckpt).replace(precision=precision)
+    cfg = load_model_config(ckpt).replace(precision=precision, transformer_impl=transformer_impl)
     model = build_model_for_conversion(cfg, 1, 1)
     meta = load_checkpoint(model, cfg, ckpt)
     return model, cfg, meta
@@ -300,7 +300,7 @@ def load_for_export(ckpt: PathLike, precision: str = "auto"):
 
 def export_hf(ckpt: PathLike, output_dir: PathLike, *, model_type: Optional[str] = None, dtype: str = "auto",
               max_shard_size: Union[str, int] = "5GB", overwrite: bool = False,
-              tokenizer_dir: Optional[PathLike] = None) -> Path:
+              tokenizer_dir: Optional[PathLike] = None, transformer_impl: str = "auto") -> Path:
     """Write megatron checkpoint ``ckpt`` as a Hugging Face model directory ``output_dir``.
 
     ``model_type`` defaults to the one recorded at import, else the one implied by the architecture;
@@ -316,7 +316,7 @@ def export_hf(ckpt: PathLike, output_dir: PathLike, *, model_type: Optional[str]
     out = Path(output_dir).absolute()
     if out.exists() and not overwrite:
         raise FileExistsError(f"output {out} already exists; set overwrite=true or choose another output_path")
-    model, cfg, meta = load_for_export(ckpt)
+    model, cfg, meta = load_for_export(ckpt, transformer_impl=transformer_impl)
     hf_info = (meta.get("extra") or {}).get("hf") or {}
     if dtype == "auto":
         dtype = hf_info.get("dtype") or "float32"

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from nemo_minitron.config.model import ModelConfig
 from nemo_minitron.interop.mapping import Rule, hf_to_mcore, mcore_to_hf, model_rules, shard_for_rank
 from nemo_minitron.logging import get_logger
+from nemo_minitron.models import names
 
 log = get_logger(__name__)
 
@@ -80,10 +81,26 @@ def _local_name(name: str, global_to_local: dict[int, int]) -> str:
     return name
 
 
+def canonical_tensors(state: dict) -> dict[str, torch.Tensor]:
+    """Weight tensors of a state dict (either layer spec) keyed by canonical local-spec names.
+
+    A Transformer Engine model names its fused norms ``linear_qkv.layer_norm_weight``; the rules use
+    ``input_layernorm.weight`` (:mod:`nemo_minitron.models.names`). ``_extra_state`` entries are dropped.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        if names.is_extra_state(k) or not isinstance(v, torch.Tensor):
+            continue
+        name = names.to_local(k)
+        if name in out:
+            raise UnmatchedTensorsError(f"state dict has both spellings of {name} ({k})")
+        out[name] = v
+    return out
+
+
 def _named_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters and persistent buffers that carry weights (no ``_extra_state``)."""
-    return {k: v for k, v in module.state_dict(keep_vars=True).items()
-            if not k.endswith("_extra_state") and isinstance(v, torch.Tensor)}
+    """Parameters and persistent buffers that carry weights, under canonical names (no ``_extra_state``)."""
+    return canonical_tensors(module.state_dict(keep_vars=True))
 
 
 def stage_rules(module: torch.nn.Module, cfg: ModelConfig) -> tuple[list[Rule], dict[int, int]]:
@@ -113,7 +130,7 @@ def _partition_dim(full: tuple[int, ...], local: tuple[int, ...], tp_size: int) 
 
 @torch.no_grad()
 def fill_from_hf(model: torch.nn.Module, cfg: ModelConfig, source, tied_source_ok: bool = True) -> int:
-    """Copy Hugging Face-named tensors from ``source`` into this rank's shard of ``model``.
+    """Copy Hugging Face-named tensors from ``source`` into this rank's shard of ``model`` (either layer spec).
 
     ``source`` has ``keys()`` and ``get(name)`` (:class:`~nemo_minitron.interop.safetensors_io.HFWeights`).
     Raises :class:`UnmatchedTensorsError` if a model tensor has no source, a source tensor is left
@@ -122,9 +139,19 @@ def fill_from_hf(model: torch.nn.Module, cfg: ModelConfig, source, tied_source_o
     from megatron.core import parallel_state as ps
 
     module = getattr(model, "module", model)
-    tp_rank, tp_size = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
-    rules, g2l = stage_rules(module, cfg)
-    params = _named_tensors(module)
+    return fill_state_from_hf(module.state_dict(keep_vars=True), cfg, source, _stage_layers(module),
+                              ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage(),
+                              ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size(),
+                              tied_source_ok)
+
+
+@torch.no_grad()
+def fill_state_from_hf(state: dict, cfg: ModelConfig, source, layers: list[int], first_stage: bool = True,
+                       last_stage: bool = True, tp_rank: int = 0, tp_size: int = 1, tied_source_ok: bool = True) -> int:
+    """:func:`fill_from_hf` on a stage's state dict (``keep_vars=True``; local or TE names; in place)."""
+    rules = model_rules(cfg, layers, first_stage=first_stage, last_stage=last_stage)
+    g2l = {g: i for i, g in enumerate(layers)}
+    params = canonical_tensors(state)
     wanted = {_local_name(r.mcore, g2l): r for r in rules}
     missing_rules = sorted(set(params) - set(wanted))
     extra_rules = sorted(set(wanted) - set(params))
@@ -162,13 +189,20 @@ def fill_from_hf(model: torch.nn.Module, cfg: ModelConfig, source, tied_source_o
 @torch.no_grad()
 def iter_hf_tensors(model: torch.nn.Module, cfg: ModelConfig, dtype: Optional[torch.dtype] = None
                     ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(hf_name, tensor)`` for a TP=1, PP=1 model, layer by layer (tensors are views when possible)."""
+    """Yield ``(hf_name, tensor)`` for a TP=1, PP=1 model (either layer spec), layer by layer (views when possible)."""
     from megatron.core import parallel_state as ps
 
     if ps.get_tensor_model_parallel_world_size() != 1 or ps.get_pipeline_model_parallel_world_size() != 1:
         raise RuntimeError("export reads a TP=1, PP=1 model; build it with build_model_for_conversion(cfg, 1, 1)")
     module = getattr(model, "module", model)
-    params = _named_tensors(module)
+    yield from iter_hf_from_state(module.state_dict(keep_vars=True), cfg, dtype)
+
+
+@torch.no_grad()
+def iter_hf_from_state(state: dict, cfg: ModelConfig, dtype: Optional[torch.dtype] = None
+                       ) -> Iterator[tuple[str, torch.Tensor]]:
+    """:func:`iter_hf_tensors` on a full (TP=1, PP=1) state dict with local or TE names."""
+    params = canonical_tensors(state)
     rules = model_rules(cfg)
     unmatched = sorted(set(params) - {r.mcore for r in rules})
     if unmatched:

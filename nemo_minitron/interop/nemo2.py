@@ -123,7 +123,7 @@ def model_yaml_from_config(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def import_nemo2(nemo2_dir: PathLike, output_ckpt: PathLike, tp: int = 1, pp: int = 1, *,
-                 precision: str = "auto", overwrite: bool = False) -> Path:
+                 precision: str = "auto", overwrite: bool = False, transformer_impl: str = "auto") -> Path:
     """Convert a NeMo 2 checkpoint (directory, or a tar archive of one) into a megatron checkpoint (collective).
 
     Archives are extracted next to ``output_ckpt`` with :func:`~nemo_minitron.interop.safety.safe_extract_tar`
@@ -133,7 +133,7 @@ def import_nemo2(nemo2_dir: PathLike, output_ckpt: PathLike, tp: int = 1, pp: in
 
     src = Path(nemo2_dir)
     if not (src.is_file() and tarfile.is_tarfile(src)):
-        return _import_nemo2_dir(src, output_ckpt, tp, pp, precision, overwrite)
+        return _import_nemo2_dir(src, output_ckpt, tp, pp, precision, overwrite, transformer_impl)
     from nemo_minitron.interop.safety import safe_extract_tar
 
     out = Path(output_ckpt).absolute()
@@ -145,14 +145,15 @@ def import_nemo2(nemo2_dir: PathLike, output_ckpt: PathLike, tp: int = 1, pp: in
         staging = str(found[0]) if len(found) == 1 else staging
     root = Path(broadcast_from_rank0(staging))
     try:
-        return _import_nemo2_dir(root, output_ckpt, tp, pp, precision, overwrite)
+        return _import_nemo2_dir(root, output_ckpt, tp, pp, precision, overwrite, transformer_impl)
     finally:
         barrier()
         if is_rank0():
             shutil.rmtree(out.parent / f".{out.name}.nemo2-extract-{os.getpid()}", ignore_errors=True)
 
 
-def _import_nemo2_dir(src: Path, output_ckpt: PathLike, tp: int, pp: int, precision: str, overwrite: bool) -> Path:
+def _import_nemo2_dir(src: Path, output_ckpt: PathLike, tp: int, pp: int, precision: str, overwrite: bool,
+                      transformer_impl: str = "auto") -> Path:
     from nemo_minitron.checkpoint import save_checkpoint
     from nemo_minitron.interop.megatron_io import build_model_for_conversion, conversion_layout
     from nemo_minitron.interop.te_names import checkpoint_tensor_keys, load_dist_weights
@@ -161,7 +162,8 @@ def _import_nemo2_dir(src: Path, output_ckpt: PathLike, tp: int, pp: int, precis
         raise FileNotFoundError(f"input_path={src} is not a NeMo 2 checkpoint (needs context/model.yaml and weights/)")
     model_yaml = yaml.safe_load((src / "context" / "model.yaml").read_text())
     emb = checkpoint_tensor_keys(src / "weights").get(PREFIX + "embedding.word_embeddings.weight")
-    cfg = model_config_from_nemo2(model_yaml, vocab_size=emb[0] if emb else None).replace(precision=precision)
+    cfg = model_config_from_nemo2(model_yaml, vocab_size=emb[0] if emb else None).replace(
+        precision=precision, transformer_impl=transformer_impl)
     cfg.replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp).validate()
     btp, bpp = conversion_layout(tp, pp)
     model = build_model_for_conversion(cfg, btp, bpp)
@@ -174,7 +176,8 @@ def _import_nemo2_dir(src: Path, output_ckpt: PathLike, tp: int, pp: int, precis
     return out
 
 
-def export_nemo2(ckpt: PathLike, output_dir: PathLike, *, overwrite: bool = False) -> Path:
+def export_nemo2(ckpt: PathLike, output_dir: PathLike, *, overwrite: bool = False, transformer_impl: str = "auto"
+                 ) -> Path:
     """Write megatron checkpoint ``ckpt`` as a NeMo 2 checkpoint directory (collective; atomic)."""
     from nemo_minitron.interop.hf import load_for_export
 
@@ -182,7 +185,7 @@ def export_nemo2(ckpt: PathLike, output_dir: PathLike, *, overwrite: bool = Fals
     final = Path(output_dir).absolute()
     if final.exists() and not overwrite:
         raise FileExistsError(f"output {final} already exists; set overwrite=true or choose another output_path")
-    model, cfg, _ = load_for_export(ckpt)
+    model, cfg, _ = load_for_export(ckpt, transformer_impl=transformer_impl)
     with collective_atomic_dir(final) as tmp:
         _write_nemo2(model, cfg, ckpt, tmp, final)
     if is_rank0():

@@ -159,13 +159,13 @@ def eval_loss(model, batch: TokenBatch, ctx, mbs: int) -> float:
 
 
 @contextlib.contextmanager
-def skip_layers(model, layer_numbers: Iterable[int]):
-    """Temporarily turn the given 1-indexed layers of ``model`` (this stage) into identities."""
+def skip_layers(model, layers: Iterable[int]):
+    """Temporarily turn the given 0-based global layers of ``model`` (this stage) into identities."""
     module = getattr(model, "module", model)
-    skip = set(layer_numbers)
+    skip = set(layers)
     saved = []
     for layer in module.decoder.layers:
-        if int(layer.layer_number) in skip:
+        if int(layer.layer_number) - 1 in skip:
             saved.append((layer, layer.forward))
             layer.forward = lambda *a, **k: (k.get("hidden_states", a[0] if a else None), k.get("context"))
     try:

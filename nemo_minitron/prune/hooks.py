@@ -24,12 +24,13 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from nemo_minitron.models import names
 from nemo_minitron.prune.importance import BatchAccumulator, cosine_stats, group_scores, head_scores, seq_aggregate
 
 
 @dataclass
 class ImportanceScores:
-    """Full (TP=1 shaped) importance scores; layer keys are 1-indexed global layer numbers."""
+    """Full (TP=1 shaped) importance scores; layer keys are 0-based global layer indices (``layer_number − 1``)."""
 
     ffn: dict[int, torch.Tensor]
     """Per-layer neuron scores ``[f]``."""
@@ -79,15 +80,10 @@ class ImportanceScores:
         return cls(**d)
 
 
-def _norm_output(module: torch.nn.Module, x: torch.Tensor, normalization: str, eps: float) -> torch.Tensor:
-    """Recompute a TE-fused norm's output from its input (``layer_norm_weight``/``layer_norm_bias``)."""
-    x = x.float()
-    w = module.layer_norm_weight.float()
-    if normalization == "RMSNorm":
-        return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps) * w
-    b = getattr(module, "layer_norm_bias", None)
-    y = torch.nn.functional.layer_norm(x, x.shape[-1:], None, None, eps) * w
-    return y + b.float() if b is not None else y
+def _norm_output(module: torch.nn.Module, x: torch.Tensor, normalization: str, eps: float,
+                 zero_centered_gamma: bool = False) -> torch.Tensor:
+    """Recompute a TE-fused norm's output from its input (the one norm formula of :mod:`nemo_minitron.models.names`)."""
+    return names.fused_norm_output(module, x, normalization, eps, zero_centered_gamma)
 
 
 class ImportanceCollector:
@@ -95,8 +91,6 @@ class ImportanceCollector:
 
     def __init__(self, model: torch.nn.Module, ctx, num_heads: int, num_groups: int, seq_agg: str = "mean",
                  batch_agg: str = "l2", normalization: str = "RMSNorm", eps: float = 1e-5):
-        from megatron.core.transformer.identity_op import IdentityOp
-
         self.ctx, self.seq_agg, self.batch_agg = ctx, seq_agg, batch_agg
         self.num_heads, self.num_groups = num_heads, num_groups
         self.mask: Optional[torch.Tensor] = None
@@ -108,17 +102,17 @@ class ImportanceCollector:
         self.layer_numbers: list[int] = []
         module = getattr(model, "module", model)
         for layer in module.decoder.layers:
-            n = int(layer.layer_number)
+            n = int(layer.layer_number) - 1  # 0-based global layer index
             self.layer_numbers.append(n)
             self.cos[n] = torch.zeros(2, dtype=torch.float64)
             self._pre(layer.mlp.linear_fc2, ("ffn", n))
             self._pre(layer.self_attention.linear_proj, ("attn", n))
-            for site, norm, fused in ((0, layer.input_layernorm, layer.self_attention.linear_qkv),
-                                      (1, layer.pre_mlp_layernorm, layer.mlp.linear_fc1)):
-                if isinstance(norm, IdentityOp) and hasattr(fused, "layer_norm_weight"):
-                    self._fused(fused, ("hid%d" % site, n), normalization, eps)
+            for site in (0, 1):
+                mod, fused = names.norm_site(layer, site)
+                if fused:
+                    self._fused(mod, ("hid%d" % site, n), normalization, eps)
                 else:
-                    self._post(norm, ("hid%d" % site, n))
+                    self._post(mod, ("hid%d" % site, n))
             self.handles.append(layer.register_forward_hook(self._layer_hook(n), with_kwargs=True))
 
     # ------------------------------------------------------------------ hooks

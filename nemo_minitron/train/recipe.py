@@ -142,9 +142,10 @@ def run_from_hydra(cfg) -> list[str]:
     Returns the summary lines for the script to print.
     """
     from hydra.utils import get_original_cwd
-    from omegaconf import OmegaConf
 
-    train_cfg = OmegaConf.to_object(cfg)
+    from nemo_minitron.config.store import to_object
+
+    train_cfg = to_object(cfg)
     result = run(train_cfg, resolve_run_dir(train_cfg, default_base=get_original_cwd()))
     lines = [f"{train_cfg.mode}: {result.status} at step {result.step}; run dir {result.run_dir}"]
     if result.val:
