@@ -69,9 +69,9 @@ def test_prune_help_shows_values_and_docs_and_writes_nothing(tmp_path):
 
 
 def test_every_primary_config_uses_the_shared_hydra_settings():
-    import yaml
-
     from pathlib import Path
+
+    import yaml
 
     for path in sorted(Path(conf_dir()).glob("*.yaml")):
         defaults = yaml.safe_load(path.read_text())["defaults"]
