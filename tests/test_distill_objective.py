@@ -42,6 +42,7 @@ def ckpts(world, tmp_path_factory):
 def test_a_new_loss_is_one_class_and_one_config_line(world, ckpts, tmp_path, name):
     cfg = train_cfg("distill", teacher=str(ckpts / "teacher"), max_steps=2, optim="adam", seq=16, mbs=2, gbs=2)
     cfg.kd.loss = name  # the one config line
+    cfg.model.restore_from_path = str(ckpts / "student")
     cfg.validate(1)
     tr = build_trainer(cfg, world, tiny(num_layers=2), tmp_path / "run", student_ckpt=ckpts / "student")
     assert isinstance(tr.loss, ToyMSELogits)

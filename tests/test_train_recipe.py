@@ -212,14 +212,15 @@ def test_launch_scripts_with_nemo_keys(setup):
 def test_resume_with_different_settings_is_refused_naming_the_keys(setup):
     from nemo_minitron.train.recipe import run
 
-    res = run(_cfg(setup, steps=1, run="same_dir"))
+    res = run(_cfg(setup, steps=1, run="same_dir", **{"export.overwrite": True}))
     assert res.status == "completed"
-    changed = _cfg(setup, steps=2, run="same_dir", **{"kd.temperature": 3.0, "model.optim.lr": 1e-2})
+    changed = _cfg(setup, steps=2, run="same_dir", **{"kd.temperature": 3.0, "model.optim.lr": 1e-2,
+                                                             "export.overwrite": True})
     with pytest.raises(ConfigError, match=r"different settings: kd.temperature: saved 1.0, now 3.0; "
                                           r"model.optim.lr: saved 0.003, now 0.01"):
         run(changed)
     # keys a resume may change (length, logging, outputs) are accepted
-    res = run(_cfg(setup, steps=2, run="same_dir", **{"trainer.log_every_n_steps": 5}))
+    res = run(_cfg(setup, steps=2, run="same_dir", **{"trainer.log_every_n_steps": 5, "export.overwrite": True}))
     assert res.status == "completed" and res.step == 2
 
 
