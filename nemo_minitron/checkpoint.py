@@ -335,6 +335,12 @@ def load_weights(model: torch.nn.Module, weights_dir: str | os.PathLike, prefix:
         raise CheckpointError(f"checkpoint {weights_dir}: cannot read its metadata ({_last_line(exc)}); "
                               "re-create or re-copy it") from exc
     request, missing, used = weights_request(module, stored, prefix)
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        # every stage asks for its own tensors: match against the union, and let every rank decide alike
+        everyone: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everyone, (missing, sorted(used)))
+        missing = sorted({k for m, _ in everyone for k in m})
+        used = {k for _, u in everyone for k in u}
     others = [k for k in stored if prefix and not k.startswith(prefix)]
     if others:
         log.info("ignoring %d non-model tensor(s) in %s (e.g. %s)", len(others), weights_dir, others[0])

@@ -34,6 +34,7 @@ def _state(model):
     return {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
 
 
+@pytest.mark.compat
 def test_round_trip_bitwise(saved, tiny_cfg):
     model, path = saved
     seed_everything(4)

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Optional
 from omegaconf import MISSING
 
 from nemo_minitron.config.data import DataConfig
-from nemo_minitron.config.model import ConfigError, LayoutConfig, ModelConfig, arch_fields
+from nemo_minitron.config.model import ConfigError, LayoutConfig, ModelConfig, apply_layout, arch_fields
 from nemo_minitron.config.prune import PruneConfig
 from nemo_minitron.config.schemas import ExportConfig
 
@@ -144,6 +144,11 @@ class TrainerConfig:
 class KDConfig:
     """Knowledge-distillation loss (Minitron defaults: logits only, forward KL, T = 1, no LM loss)."""
 
+    loss: str = "minitron"
+    """Loss object (registry in nemo_minitron.distill.objective): minitron (logit KL + balanced
+    intermediate pairs, optional LM-loss mixing), logits_kl (logit KL only), lm (LM loss only), or
+    package.module:ClassName for a TrainingLoss subclass of your own."""
+
     temperature: float = 1.0
     """Softmax temperature of teacher and student logits."""
 
@@ -265,6 +270,10 @@ class TrainConfig:
             raise ConfigError(f"model.optim.sched.min_lr={m.optim.sched.min_lr} exceeds model.optim.lr={m.optim.lr}")
         if len(m.optim.betas) != 2:
             raise ConfigError(f"model.optim.betas={list(m.optim.betas)} must have two values")
+        if self.mode == "distill":
+            from nemo_minitron.distill.objective import resolve_loss
+
+            resolve_loss(self.kd.loss)  # ConfigError naming kd.loss when unknown
         if self.kd.temperature <= 0:
             raise ConfigError(f"kd.temperature={self.kd.temperature} must be > 0")
         if self.kd.top_k is not None and self.kd.top_k < 1:
@@ -314,10 +323,7 @@ def student_model_config(model: TrainModelConfig, arch_from: Optional[ModelConfi
     if arch_from is None:
         raise ConfigError("model.restore_from_path is required: the student's architecture is read from its checkpoint")
     restore = model.restore_from_path if given(model.restore_from_path) else None
-    return arch_from.replace(tensor_model_parallel_size=model.tensor_model_parallel_size,
-                             pipeline_model_parallel_size=model.pipeline_model_parallel_size,
-                             transformer_impl=model.transformer_impl, seed=model.seed, restore_from_path=restore,
-                             precision=precision).validate()
+    return apply_layout(model, arch_from).replace(restore_from_path=restore, precision=precision).validate()
 
 
 @dataclass

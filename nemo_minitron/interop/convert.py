@@ -20,8 +20,9 @@ from nemo_minitron.logging import get_logger
 log = get_logger(__name__)
 
 PathLike = Union[str, os.PathLike]
-INPUT_FORMATS = ("hf", "gguf", "nemo2", "megatron")
-OUTPUT_FORMATS = ("hf", "nemo2", "megatron")
+#: ``nemo``: a NeMo 1 ``.nemo`` archive or its extracted directory; ``nemo2``: a NeMo 2 checkpoint directory
+INPUT_FORMATS = ("hf", "gguf", "nemo2", "nemo", "megatron")
+OUTPUT_FORMATS = ("hf", "nemo2", "nemo", "megatron")
 
 
 def convert(input_path: PathLike, input_format: str, output_path: PathLike, output_format: str, *,
@@ -45,6 +46,7 @@ def convert(input_path: PathLike, input_format: str, output_path: PathLike, outp
     from nemo_minitron.config.model import TRANSFORMER_IMPLS
     from nemo_minitron.interop.hf import export_hf, import_hf
     from nemo_minitron.interop.megatron_io import build_model_for_conversion, conversion_layout
+    from nemo_minitron.interop.nemo1 import export_nemo1, import_nemo1
     from nemo_minitron.interop.nemo2 import export_nemo2, import_nemo2
 
     if input_format not in INPUT_FORMATS:
@@ -76,6 +78,8 @@ def convert(input_path: PathLike, input_format: str, output_path: PathLike, outp
         elif input_format == "nemo2":
             import_nemo2(input_path, ckpt, tp, pp, precision=precision, overwrite=overwrite,
                          transformer_impl=transformer_impl)
+        elif input_format == "nemo":
+            import_nemo1(input_path, ckpt, tp, pp, precision=precision, overwrite=overwrite)
         elif output_format == "megatron":  # megatron -> megatron: re-save (e.g. attach a tokenizer, record a layout)
             cfg = load_model_config(input_path).replace(precision=precision, transformer_impl=transformer_impl)
             cfg.replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp).validate()
@@ -90,15 +94,59 @@ def convert(input_path: PathLike, input_format: str, output_path: PathLike, outp
         if output_format == "hf":
             export_hf(ckpt, out, model_type=hf_model_type, dtype=dtype, max_shard_size=max_shard_size,
                       overwrite=overwrite, tokenizer_dir=tokenizer_path if input_format == "megatron" else None,
-                      transformer_impl=transformer_impl)
+                      transformer_impl=transformer_impl, tp=tp, pp=pp)
         elif output_format == "nemo2":
             export_nemo2(ckpt, out, overwrite=overwrite, transformer_impl=transformer_impl)
+        elif output_format == "nemo":
+            export_nemo1(ckpt, out, overwrite=overwrite)
     finally:
         barrier()
         if is_rank0() and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     log.info("converted %s (%s) → %s (%s)", input_path, input_format, out, output_format)
     return out
+
+
+def checkpoint_format(path: PathLike) -> str:
+    """``megatron``, ``nemo2`` or ``nemo`` (NeMo 1) for a checkpoint path; raises FileNotFoundError otherwise."""
+    from nemo_minitron.checkpoint import is_checkpoint
+    from nemo_minitron.interop.nemo1 import is_nemo1
+    from nemo_minitron.interop.nemo2 import is_nemo2_dir
+
+    p = Path(path)
+    if is_checkpoint(p):
+        return "megatron"
+    if p.is_dir() and is_nemo2_dir(p):
+        return "nemo2"
+    if is_nemo1(p):
+        return "nemo"
+    raise FileNotFoundError(f"{p} is not a nemo_minitron megatron checkpoint, a NeMo 2 checkpoint directory or a "
+                            "NeMo 1 .nemo checkpoint")
+
+
+def resolve_checkpoint(path: PathLike, key: str = "model.restore_from_path") -> Path:
+    """A megatron checkpoint for any checkpoint path (collective).
+
+    ``path`` itself when it is one; a NeMo 2
+    directory or NeMo 1 ``.nemo`` is imported once into the hidden sibling ``.<name>.minitron`` (reused while
+    newer than the source); anything else is returned unchanged for the megatron loader to diagnose.
+    ``key`` names the setting in log messages.
+    """
+    from nemo_minitron.checkpoint import is_checkpoint
+
+    p = Path(path).absolute()
+    try:
+        fmt = checkpoint_format(p)
+    except FileNotFoundError:
+        return Path(path)  # not a NeMo checkpoint: the megatron loader reports what is wrong with it
+    if fmt == "megatron":
+        return Path(path)
+    cached = p.parent / f".{p.name}.minitron"
+    fresh = is_checkpoint(cached) and cached.stat().st_mtime >= p.stat().st_mtime
+    if not fresh:
+        log.info("%s=%s is a %s checkpoint: converting it once into %s", key, path, fmt, cached)
+        convert(p, fmt, cached, "megatron", overwrite=True)
+    return cached
 
 
 def _check_tokenizer_source(input_path: PathLike, input_format: str, tokenizer_path: Optional[PathLike]) -> None:

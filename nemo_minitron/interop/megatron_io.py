@@ -13,13 +13,22 @@ Export walks the same rules backwards on a TP=1, PP=1 model.
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
 
 from nemo_minitron.config.model import ModelConfig
-from nemo_minitron.interop.mapping import Rule, hf_to_mcore, mcore_to_hf, model_rules, shard_for_rank
+from nemo_minitron.interop.mapping import (
+    Rule,
+    hf_to_mcore,
+    mcore_to_hf,
+    merge_fc1,
+    merge_qkv,
+    model_rules,
+    shard_for_rank,
+)
 from nemo_minitron.logging import get_logger
 from nemo_minitron.models import names
 
@@ -173,17 +182,59 @@ def fill_state_from_hf(state: dict, cfg: ModelConfig, source, layers: list[int],
     written = 0
     for local, rule in _tqdm(list(wanted.items()), desc="import tensors", unit="tensor"):
         param = params[local]
-        full = hf_to_mcore(rule, [source.get(n) for n in rule.hf], cfg)
-        dim = _partition_dim(tuple(full.shape), tuple(param.shape), tp_size)
-        shard = shard_for_rank(rule, full, dim, tp_rank, tp_size) if dim != -1 else full
+        full_shape, shard, dim = read_rank_shard(rule, source, cfg, tuple(param.shape), tp_rank, tp_size)
         if dim == -1 or tuple(shard.shape) != tuple(param.shape):
             raise UnmatchedTensorsError(
-                f"shape mismatch for {rule.mcore} (from {list(rule.hf)}): source gives {tuple(full.shape)} "
+                f"shape mismatch for {rule.mcore} (from {list(rule.hf)}): source gives {full_shape} "
                 f"→ TP shard {tuple(shard.shape)}, model expects {tuple(param.shape)} at TP={tp_size}")
         param.copy_(shard.to(param.dtype))
         written += param.numel()
-        del full, shard
+        del shard
     return written
+
+
+def _merged_shape(rule: Rule, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """Shape of the full megatron tensor of ``rule`` from its Hugging Face tensors' shapes."""
+    if rule.kind in ("qkv", "fc1"):
+        return (sum(s[0] for s in shapes), *shapes[0][1:])
+    return tuple(shapes[0])
+
+
+def read_rank_shard(rule: Rule, source, cfg: ModelConfig, local_shape: tuple[int, ...], tp_rank: int,
+                    tp_size: int) -> tuple[tuple[int, ...], torch.Tensor, Optional[int]]:
+    """The TP rank's shard of ``rule``'s megatron tensor → ``(full shape, shard, split dim)`` (dim -1: no match).
+
+    With a source that reads slices (:meth:`~nemo_minitron.interop.safetensors_io.HFWeights.get_slice`)
+    only this rank's rows/columns of each Hugging Face tensor are read: the query groups ``[g0, g0 +
+    G/TP)`` of q/k/v, the neurons of gate and up, the vocabulary block of the embedding. Otherwise the
+    full tensor is read and sliced.
+    """
+    if tp_size > 1 and hasattr(source, "get_slice"):
+        full_shape = _merged_shape(rule, [tuple(source.shape(n)) for n in rule.hf])
+        dim = _partition_dim(full_shape, local_shape, tp_size)
+        if dim is not None and dim != -1:
+            return full_shape, _read_slices(rule, source, cfg, full_shape, dim, tp_rank, tp_size), dim
+    full = hf_to_mcore(rule, [source.get(n) for n in rule.hf], cfg)
+    dim = _partition_dim(tuple(full.shape), local_shape, tp_size)
+    shard = shard_for_rank(rule, full, dim, tp_rank, tp_size) if dim != -1 else full
+    return tuple(full.shape), shard, dim
+
+
+def _read_slices(rule: Rule, source, cfg: ModelConfig, full_shape: tuple[int, ...], dim: int, rank: int,
+                 size: int) -> torch.Tensor:
+    if rule.kind == "qkv" and dim == 0:
+        groups, d = cfg.query_groups // size, cfg.head_dim
+        per = cfg.num_attention_heads // cfg.query_groups
+        g0 = rank * groups
+        q = source.get_slice(rule.hf[0], 0, g0 * per * d, (g0 + groups) * per * d)
+        k = source.get_slice(rule.hf[1], 0, g0 * d, (g0 + groups) * d)
+        v = source.get_slice(rule.hf[2], 0, g0 * d, (g0 + groups) * d)
+        return merge_qkv(q, k, v, groups * per, groups, d)
+    if rule.kind == "fc1" and dim == 0:
+        n = full_shape[0] // 2 // size
+        return merge_fc1(*(source.get_slice(name, 0, rank * n, (rank + 1) * n) for name in rule.hf))
+    n = full_shape[dim] // size
+    return source.get_slice(rule.hf[0], dim, rank * n, (rank + 1) * n)
 
 
 @torch.no_grad()
@@ -196,6 +247,63 @@ def iter_hf_tensors(model: torch.nn.Module, cfg: ModelConfig, dtype: Optional[to
         raise RuntimeError("export reads a TP=1, PP=1 model; build it with build_model_for_conversion(cfg, 1, 1)")
     module = getattr(model, "module", model)
     yield from iter_hf_from_state(module.state_dict(keep_vars=True), cfg, dtype)
+
+
+@torch.no_grad()
+def iter_hf_tensors_sharded(model: torch.nn.Module, cfg: ModelConfig, dtype: Optional[torch.dtype] = None
+                            ) -> Iterator[tuple[str, torch.Tensor]]:
+    """:func:`iter_hf_tensors` for a model at any TP × PP layout. Collective: every rank must exhaust it.
+
+    Tensor by tensor, in layer order, the owning pipeline stage all-gathers its TP shards and sends the
+    full tensor to its replica's first stage; only global rank 0 yields. Every process holds its own
+    shard plus at most one full tensor (a layer's largest), never the full model.
+    """
+    from megatron.core import parallel_state as ps
+
+    from nemo_minitron.prune.sharded import gather_full
+
+    module = getattr(model, "module", model)
+    params = _named_tensors(module)
+    tp = SimpleNamespace(tp_size=ps.get_tensor_model_parallel_world_size(),
+                         tp_group=ps.get_tensor_model_parallel_group())
+    tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
+    pp_size = ps.get_pipeline_model_parallel_world_size()
+    local_layers = _stage_layers(module)
+    g2l = {g: i for i, g in enumerate(local_layers)}
+    owner = {g: 0 for g in local_layers}
+    pp_ranks = [dist.get_rank()]
+    if pp_size > 1:
+        pp_group = ps.get_pipeline_model_parallel_group()
+        stages: list = [None] * pp_size
+        dist.all_gather_object(stages, local_layers, group=pp_group)
+        owner = {g: s for s, layers in enumerate(stages) for g in layers}
+        pp_ranks = dist.get_process_group_ranks(pp_group)
+    head = pp_rank == 0 and tp_rank == 0  # receives its replica's tensors; global rank 0 also writes
+    writer = dist.get_rank() == 0 if dist.is_initialized() else True
+    dtype_of = next(iter(params.values())).dtype
+    for rule in _tqdm(model_rules(cfg), desc="export tensors", unit="tensor"):
+        split = names.split_layer_key(rule.mcore)
+        stage = owner[split[0]] if split else (0 if rule.mcore == names.EMBEDDING else pp_size - 1)
+        full = None
+        if pp_rank == stage:
+            full = params[_local_name(rule.mcore, g2l)].detach()
+            dim = names.tp_split_dim(rule.mcore)
+            if dim is not None and tp.tp_size > 1:
+                full = gather_full(full, dim, rule.kind == "fc1" and cfg.gated_linear_unit, tp)
+            if stage != 0 and tp_rank == 0:
+                shape = torch.full((4,), -1, dtype=torch.int64)
+                shape[: full.dim()] = torch.tensor(full.shape)
+                dist.send(shape, dst=pp_ranks[0])
+                dist.send(full.contiguous(), dst=pp_ranks[0])
+        elif head:
+            shape = torch.empty(4, dtype=torch.int64)
+            dist.recv(shape, src=pp_ranks[stage])
+            full = torch.empty([int(s) for s in shape if s >= 0], dtype=dtype_of)
+            dist.recv(full, src=pp_ranks[stage])
+        if writer:
+            for name, t in zip(rule.hf, mcore_to_hf(rule, full, cfg)):
+                yield name, t if dtype is None else t.to(dtype)
+        del full
 
 
 @torch.no_grad()

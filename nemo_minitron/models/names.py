@@ -222,3 +222,22 @@ def fused_norm_output(module: torch.nn.Module, x: torch.Tensor, normalization: s
     """Output of the norm fused into a TE linear ``module``, recomputed from the linear's input ``x``."""
     return apply_norm(x, module.layer_norm_weight, getattr(module, "layer_norm_bias", None), normalization, eps,
                       zero_centered_gamma)
+
+
+def tp_split_dim(key: str) -> Optional[int]:
+    """The dimension megatron-core splits tensor ``key`` along under tensor parallelism (None: replicated).
+
+    Column-parallel tensors (QKV, fc1, vocabulary rows of the embedding and output layer) split along
+    0, row-parallel weights (``linear_proj``, ``linear_fc2``) along 1; norms and row-parallel biases
+    are replicated.
+    """
+    if key in (EMBEDDING, OUTPUT_LAYER):
+        return 0
+    split = split_layer_key(key)
+    if split is None:
+        return None
+    if split[1] in spellings("proj.weight", "fc2.weight"):
+        return 1
+    if split[1] in spellings("qkv.weight", "qkv.bias", "fc1.weight", "fc1.bias"):
+        return 0
+    return None

@@ -12,7 +12,9 @@ Reduction (algorithms.md §3.5), done through an explicit :class:`~nemo_minitron
 running sums are all-reduced over DP *before* the final square root (exact); TP-sharded channel scores are
 all-gathered in TP-rank order (full vectors, no approximation); replicated norm outputs are taken from TP
 rank 0 once; per-layer results are gathered over PP and keyed by the global ``layer_number``. Every rank
-ends with identical full score vectors.
+ends with identical full score vectors. Under sequence parallelism the norm outputs and layer boundaries
+are split along the sequence over TP: their per-sample sums and counts are all-reduced over TP before
+any division or square root (:mod:`nemo_minitron.prune.seqpar`), so the scores equal those without it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch.distributed as dist
 
 from nemo_minitron.models import names
 from nemo_minitron.prune.importance import BatchAccumulator, cosine_stats, group_scores, head_scores, seq_aggregate
+from nemo_minitron.prune.seqpar import local_mask, sequence_parallel_aggregate
 
 
 @dataclass
@@ -101,6 +104,9 @@ class ImportanceCollector:
         self.cos: dict[int, torch.Tensor] = {}
         self.layer_numbers: list[int] = []
         module = getattr(model, "module", model)
+        self.sequence_parallel = bool(getattr(getattr(module, "config", None), "sequence_parallel", False)) \
+            and ctx.tp_size > 1
+        """Norm outputs and layer boundaries hold this rank's block of the sequence (megatron's SP)."""
         for layer in module.decoder.layers:
             n = int(layer.layer_number) - 1  # 0-based global layer index
             self.layer_numbers.append(n)
@@ -116,10 +122,18 @@ class ImportanceCollector:
             self.handles.append(layer.register_forward_hook(self._layer_hook(n), with_kwargs=True))
 
     # ------------------------------------------------------------------ hooks
+    def _seq_mask(self) -> Optional[torch.Tensor]:
+        """The mask of the positions a sequence-split activation holds on this rank."""
+        return local_mask(self.mask, self.ctx.tp_rank, self.ctx.tp_size) if self.sequence_parallel else self.mask
+
     def _add(self, key: tuple[str, int], x: torch.Tensor) -> None:
         start = time.perf_counter()
         with torch.no_grad():
-            values, valid = seq_aggregate(x.detach(), self.mask, self.seq_agg)
+            if self.sequence_parallel and key[0].startswith("hid"):
+                values, valid = sequence_parallel_aggregate(x.detach(), self._seq_mask(), self.seq_agg,
+                                                            self.ctx.tp_group)
+            else:
+                values, valid = seq_aggregate(x.detach(), self.mask, self.seq_agg)
             if key not in self.acc:
                 self.acc[key] = BatchAccumulator(values.shape[-1], values.device)
             self.acc[key].update(values, valid)
@@ -144,7 +158,7 @@ class ImportanceCollector:
             h_in = kwargs.get("hidden_states", args[0] if args else None)
             h_out = out[0] if isinstance(out, (tuple, list)) else out
             with torch.no_grad():
-                s, c = cosine_stats(h_in.detach(), h_out.detach(), self.mask)
+                s, c = cosine_stats(h_in.detach(), h_out.detach(), self._seq_mask())
                 if self.cos[n].device != s.device:
                     self.cos[n] = self.cos[n].to(s.device)
                 self.cos[n] += torch.stack([s, c])
@@ -167,6 +181,10 @@ class ImportanceCollector:
         missing = [k for k in keys if k not in self.acc]
         if missing:
             raise RuntimeError(f"no activations were recorded for {missing[:3]}...: was the calibration pass run?")
+        if self.sequence_parallel and self.layer_numbers:  # each TP rank summed its own positions
+            cos = torch.stack([self.cos[n].to(device) for n in self.layer_numbers])
+            dist.all_reduce(cos, group=ctx.tp_group)
+            self.cos = {n: cos[i] for i, n in enumerate(self.layer_numbers)}
         packed = [self.acc[k].packed().to(device) for k in keys]
         sizes = [p.numel() for p in packed]
         flat = torch.cat(packed + [self.cos[n].to(device) for n in self.layer_numbers])
