@@ -111,6 +111,12 @@ def error_lines(exc: BaseException) -> list[str]:
     if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in " ".join(lines):
         lines[0] += f" ({exc.filename})"
     lines = [ln for ln in lines if "HYDRA_FULL_ERROR" not in ln]
+    for i, ln in enumerate(lines):  # Hydra lists the choices of a config group one per line
+        if ln.strip().lower().startswith("available options") and i + 1 < len(lines):
+            rest = [x.strip() for x in lines[i + 1:]]
+            rest = rest[:rest.index("Config search path:")] if "Config search path:" in rest else rest
+            lines = lines[:i] + [ln.strip().rstrip(":") + ": " + ", ".join(x for x in rest if x != "schema")]
+            break
     return lines[:8]
 
 

@@ -97,7 +97,7 @@ CASES = [
     ("prepare-existing-output", "prepare_wikitext", "input={noise} tokenizer={tok} output_prefix={root}/ds workers=1",
      "output_prefix"),
     ("model-info-bad-output", "model_info", "model=smollm2-135m output=xml", "output="),
-    ("model-info-unknown-preset", "model_info", "model=no-such-model", "no-such-model"),
+    ("model-info-unknown-preset", "model_info", "model=no-such-model", "Available options in 'model': "),
     ("distill-missing-student", "megatron_distill",
      "model.restore_from_path={root}/nostudent model.kd_teacher_restore_from_path={ckpt} "
      "export.save_path={out} model.data.data_prefix=[{root}/x] exp_manager.explicit_log_dir={root}/run",

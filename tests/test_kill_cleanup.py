@@ -58,7 +58,7 @@ def _temps(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
 
 
-def _signal_at(cmd, ready, sig, timeout=300):
+def _signal_at(cmd, ready, sig, timeout=900):
     """Run ``cmd``; when ``ready()`` turns true send ``sig``; return (returncode, descendants seen, stderr)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen: set[int] = set()
@@ -119,7 +119,7 @@ def test_checkpoint_writer_child_dies_with_its_parent(tmp_path):
 _SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("sig,point", [(signal.SIGTERM, "during-save"),
+@pytest.mark.parametrize("sig,point", [pytest.param(signal.SIGTERM, "during-save", marks=_SLOW),
                                        pytest.param(signal.SIGKILL, "during-save", marks=_SLOW),
                                        pytest.param(signal.SIGTERM, "early", marks=_SLOW),
                                        pytest.param(signal.SIGKILL, "early", marks=_SLOW)],
@@ -129,7 +129,7 @@ def test_convert_interrupted(hf_dir, tmp_path, sig, point):
     cmd = [sys.executable, "examples/convert_checkpoint.py", f"input_path={hf_dir}", f"output_path={out}",
            "overwrite=true", f"hydra.run.dir={tmp_path / 'hydra'}"]
     # a previous complete output that must survive the interrupted replacement
-    first = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    first = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
     before = (out / "nemo_minitron.json").read_bytes()
     t0 = time.time()
@@ -150,11 +150,12 @@ def test_convert_interrupted(hf_dir, tmp_path, sig, point):
     assert not _wait_gone(seen), "processes outlived the command"
     if sig == signal.SIGTERM:
         assert _temps(tmp_path) == [], _temps(tmp_path)
-    again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     assert _temps(tmp_path) == [], _temps(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill9"])
 def test_prepare_interrupted_keeps_the_previous_set(tmp_path, sig):
     from tests.fixtures import corpus as C
@@ -164,7 +165,7 @@ def test_prepare_interrupted_keeps_the_previous_set(tmp_path, sig):
     cmd = [sys.executable, "examples/prepare_wikitext.py", f"input={wt}", f"tokenizer={tok}",
            f"output_prefix={tmp_path / 'ds' / 'wt'}", "workers=2", "overwrite=true", "progress=false",
            f"hydra.run.dir={tmp_path / 'hydra'}"]
-    first = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    first = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
     ds = tmp_path / "ds"
     before = {p.name: p.read_bytes() for p in ds.iterdir()}
@@ -181,6 +182,6 @@ def test_prepare_interrupted_keeps_the_previous_set(tmp_path, sig):
     assert not _wait_gone(seen), "worker processes outlived the command"
     if sig == signal.SIGTERM:
         assert _temps(ds) == []
-    again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     assert _temps(ds) == []
