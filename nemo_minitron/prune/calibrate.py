@@ -7,7 +7,6 @@ Samples are split over data-parallel ranks; sums are all-reduced over DP.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from nemo_minitron.logging import get_logger
+from nemo_minitron.models import forward as _forward
 
 log = get_logger(__name__)
 
@@ -175,6 +175,4 @@ def skip_layers(model, layers: Iterable[int]):
             layer.forward = fwd
 
 
-def perplexity(loss: float) -> float:
-    """``exp(loss)`` guarded against overflow."""
-    return math.exp(min(loss, 700.0))
+perplexity = _forward.perplexity  # the package's one definition (nemo_minitron.models.forward)

@@ -24,14 +24,13 @@ from typing import Any, Optional
 import torch
 
 from nemo_minitron.config.model import ModelConfig
+from nemo_minitron.models import names
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
-_HIDDEN_VECTORS = ("input_layernorm.weight", "input_layernorm.bias", "pre_mlp_layernorm.weight",
-                   "pre_mlp_layernorm.bias", "self_attention.linear_qkv.layer_norm_weight",
-                   "self_attention.linear_qkv.layer_norm_bias", "mlp.linear_fc1.layer_norm_weight",
-                   "mlp.linear_fc1.layer_norm_bias", "self_attention.linear_proj.bias", "mlp.linear_fc2.bias")
-_KEEP_AS_IS = ("self_attention.q_layernorm.weight", "self_attention.q_layernorm.bias",
-               "self_attention.k_layernorm.weight", "self_attention.k_layernorm.bias")
+#: 1-D layer tensors indexed by hidden channel, and per-head-dim tensors kept as they are (both layer specs).
+_HIDDEN_VECTORS = names.spellings("attn_norm.weight", "attn_norm.bias", "mlp_norm.weight", "mlp_norm.bias",
+                                  "proj.bias", "fc2.bias")
+_KEEP_AS_IS = names.spellings("q_norm.weight", "q_norm.bias", "k_norm.weight", "k_norm.bias")
 
 
 @dataclass
