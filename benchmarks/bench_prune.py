@@ -5,7 +5,9 @@
 2. End-to-end prune time (``--e2e``): the whole recipe on a checkpoint (e.g. SmolLM2-135M) with a 50% MLP target.
 3. Peak memory per process (``--memory``): the same prune (MLP halved, 20 → 16 layers) of a random ~310M-parameter
    fp32 model at TP=1, TP=2 and PP=2, side by side. Surgery, validation and saving run at the layout, so the
-   sharded peak over the full model size should be close to 1/TP (1/PP).
+   sharded peak over the full model size should be close to 1/TP (1/PP). The prunes run with glibc's
+   ``MALLOC_MMAP_THRESHOLD_`` fixed at 128 KiB (``--glibc-default`` leaves it alone) so that a freed tensor goes
+   back to the OS and the peak RSS tracks the live tensors, not heap the allocator kept after a free.
 
     python benchmarks/bench_prune.py                                  # SmolLM2-135M-shaped random model
     python benchmarks/bench_prune.py --ckpt ckpt/smollm2-135m --e2e --calib-data data/wikipedia/wiki.train.raw
@@ -156,10 +158,13 @@ def memory(args) -> None:
                    f"--master-port={runtime.free_port()}", "--master-addr=127.0.0.1", "--max-restarts=0",
                    __file__, "--memory-worker", root, str(tp), str(pp)]
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+            if not args.glibc_default:
+                env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
             subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
             rows.append((tp, pp, json.loads(Path(root, f"mem_{tp}x{pp}.json").read_text())))
         print(f"model {MEM_MODEL.name}: {count_parameters(MEM_MODEL).total / 1e6:.1f}M parameters, fp32 weights "
-              f"{full_mib:.0f} MiB; prune: ffn 4096 -> 2048, 20 -> 16 layers (cosine); peak RSS per process")
+              f"{full_mib:.0f} MiB; prune: ffn 4096 -> 2048, 20 -> 16 layers (cosine); peak RSS per process "
+              f"(MALLOC_MMAP_THRESHOLD_={'default' if args.glibc_default else os.environ.get('MALLOC_MMAP_THRESHOLD_', 131072)})")
         ref = max(r["peak_rss_mib"] - r["baseline_rss_mib"] for r in rows[0][2])
         ref_raw = max(r["peak_rss_mib"] for r in rows[0][2])
         print(f"{'layout':8} {'rank':>4} {'peak MiB':>9} {'start MiB':>9} {'peak-start':>10} {'/full':>6} "
@@ -200,6 +205,7 @@ if __name__ == "__main__":
     ap.add_argument("--ffn", type=int, default=768)
     ap.add_argument("--val", type=int, default=16)
     ap.add_argument("--memory", action="store_true", help="only the TP=1 / TP=2 / PP=2 peak-memory comparison")
+    ap.add_argument("--glibc-default", action="store_true", help="--memory: keep glibc's dynamic mmap threshold")
     args = ap.parse_args()
     if args.memory:
         memory(args)

@@ -241,3 +241,14 @@ def test_fused_norm_recompute_matches_torch_norms():
     ln.weight.data.copy_(mod.layer_norm_weight.data)
     ln.bias.data.copy_(mod.layer_norm_bias.data)
     torch.testing.assert_close(_norm_output(mod, x, "LayerNorm", 1e-5), ln(x))
+
+
+def test_tp_shard_layout_of_pruned_tensors():
+    from nemo_minitron.prune.sharded import shard_of
+
+    full = torch.arange(16.0).view(16, 1)  # gated fc1 rows: gate 0..7, up 8..15
+    assert shard_of(full, 0, True, 0, 2).flatten().tolist() == [0, 1, 2, 3, 8, 9, 10, 11]  # [gate_0; up_0]
+    assert shard_of(full, 0, True, 1, 2).flatten().tolist() == [4, 5, 6, 7, 12, 13, 14, 15]
+    cols = torch.arange(6.0).view(1, 6)  # row-parallel input columns
+    assert shard_of(cols, 1, False, 1, 3).flatten().tolist() == [2, 3]
+    assert shard_of(cols, 1, False, 0, 1) is cols

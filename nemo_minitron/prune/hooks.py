@@ -11,7 +11,7 @@ Hook sites (algorithms.md §3.2):
 Reduction (algorithms.md §3.5), done through an explicit :class:`~nemo_minitron.runtime.ParallelContext`:
 running sums are all-reduced over DP *before* the final square root (exact); TP-sharded channel scores are
 all-gathered in TP-rank order (full vectors, no approximation); replicated norm outputs are taken from TP
-rank 0 once; per-layer results are gathered over PP and keyed by the global ``layer_number``. Every rank
+rank 0 once; per-layer results are gathered over PP and keyed by the 0-based global layer index. Every rank
 ends with identical full score vectors. Under sequence parallelism the norm outputs and layer boundaries
 are split along the sequence over TP: their per-sample sums and counts are all-reduced over TP before
 any division or square root (:mod:`nemo_minitron.prune.seqpar`), so the scores equal those without it.
