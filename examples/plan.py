@@ -9,10 +9,9 @@ import os
 import sys
 
 import hydra
-from omegaconf import OmegaConf
 
 from nemo_minitron.config.model import ConfigError
-from nemo_minitron.config.store import register_configs
+from nemo_minitron.config.store import register_configs, to_object
 from nemo_minitron.paths import conf_dir
 from nemo_minitron.plan.planner import format_plan, make_plan
 
@@ -22,7 +21,7 @@ register_configs()
 @hydra.main(config_path=conf_dir(), config_name="plan", version_base=None)
 def main(cfg) -> None:
     try:
-        plan = make_plan(OmegaConf.to_object(cfg))
+        plan = make_plan(to_object(cfg))
     except ConfigError as exc:
         print(f"plan.py: {exc}", file=sys.stderr)
         sys.exit(2)
