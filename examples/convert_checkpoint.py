@@ -24,6 +24,7 @@ import time
 import hydra
 from omegaconf import OmegaConf
 
+from nemo_minitron import cli
 from nemo_minitron.config.store import register_configs, to_object
 from nemo_minitron.paths import conf_dir
 
@@ -58,4 +59,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -16,10 +16,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import hydra  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
+from nemo_minitron import cli  # noqa: E402
 from nemo_minitron.config.model import ConfigError  # noqa: E402
-from nemo_minitron.config.store import register_configs  # noqa: E402
+from nemo_minitron.config.store import register_configs, to_object  # noqa: E402
 from nemo_minitron.paths import conf_dir  # noqa: E402
 
 register_configs()
@@ -62,7 +62,7 @@ def main(cfg) -> None:
     from nemo_minitron.atomic import is_rank0, temp_sibling
 
     try:
-        ecfg = OmegaConf.to_object(cfg).validate()
+        ecfg = to_object(cfg).validate()
         if ecfg.output and os.path.exists(ecfg.output) and not ecfg.overwrite:
             raise ConfigError(f"output={ecfg.output} already exists; set overwrite=true or choose another output")
         runtime.init_distributed()
@@ -83,4 +83,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

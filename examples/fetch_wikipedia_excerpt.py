@@ -11,6 +11,7 @@ CC BY-SA: generate it, do not commit it. Next step: examples/prepare_wikitext.py
 
 import hydra
 
+from nemo_minitron import cli
 from nemo_minitron.config.store import register_configs, to_object
 from nemo_minitron.paths import conf_dir
 
@@ -30,4 +31,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import hydra  # noqa: E402
 
-from nemo_minitron import runtime  # noqa: E402
+from nemo_minitron import cli, runtime  # noqa: E402
 from nemo_minitron.config.store import register_configs, to_object  # noqa: E402
 from nemo_minitron.paths import conf_dir  # noqa: E402
 from nemo_minitron.prune.pipeline import run_prune  # noqa: E402
@@ -57,4 +57,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

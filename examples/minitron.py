@@ -20,10 +20,10 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import hydra  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
+from nemo_minitron import cli  # noqa: E402
 from nemo_minitron.config.model import ConfigError  # noqa: E402
-from nemo_minitron.config.store import register_configs  # noqa: E402
+from nemo_minitron.config.store import register_configs, to_object  # noqa: E402
 from nemo_minitron.paths import conf_dir  # noqa: E402
 
 register_configs()
@@ -36,7 +36,7 @@ def main(cfg) -> None:
     from nemo_minitron.recipe.run import Recipe
 
     try:
-        rc = OmegaConf.to_object(cfg)
+        rc = to_object(cfg)
         for key in ("work_dir", "teacher", "train_data", "valid_data"):
             value = getattr(rc, key)
             if value and not os.path.isabs(value) and not value.lower().startswith("smollm2"):
@@ -56,4 +56,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

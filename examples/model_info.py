@@ -8,6 +8,8 @@ import json
 
 import hydra
 
+from nemo_minitron import cli
+from nemo_minitron.config.model import ConfigError
 from nemo_minitron.config.store import register_configs, to_object
 from nemo_minitron.models.params import count_parameters
 from nemo_minitron.paths import conf_dir
@@ -24,7 +26,7 @@ def main(cfg) -> None:
         print(json.dumps({"model": model.arch_dict() | {"name": model.name}} | counts.to_dict()))
         return
     if info.output != "text":
-        raise SystemExit(f"output={info.output!r} must be text or json")
+        raise ConfigError(f"output={info.output!r} must be text or json")
     print(f"model: {model.name}")
     for key, value in model.arch_dict().items():
         print(f"  {key:38s} {value}")
@@ -35,4 +37,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -19,6 +19,7 @@ import json
 
 import hydra
 
+from nemo_minitron import cli
 from nemo_minitron.config.store import register_configs, to_object
 from nemo_minitron.paths import conf_dir
 
@@ -51,4 +52,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,7 +1,8 @@
 """The one place that knows about differences between megatron-core releases.
 
-CI pins megatron-core 0.16.1; the NeMo container ships newer releases. Everything here adapts to
-the installed version by inspecting signatures and fields, never by assuming them:
+Tested (``scripts/test.sh``): megatron-core 0.15.3 (the NeMo 25.11 / 26.02 generation, transformers 4.57),
+0.16.1 (primary CI stack) and 0.19.2 (newest, Python 3.12). Everything here adapts to the installed version by
+inspecting signatures and fields, never by assuming them:
 
 * :func:`make_transformer_config` drops keyword arguments that the installed ``TransformerConfig``
   does not know (and refuses to silently drop one that was set to a non-default value);
@@ -17,6 +18,7 @@ import dataclasses
 import functools
 import importlib.util
 import inspect
+import re
 from typing import Any, Callable
 
 from nemo_minitron.logging import get_logger
@@ -29,7 +31,15 @@ def mcore_version() -> tuple[int, int, int]:
     """Installed megatron-core version as ``(major, minor, patch)``."""
     from megatron.core import package_info
 
-    return tuple(int(x) for x in package_info.__shortversion__.split(".")[:3])  # type: ignore[return-value]
+    return parse_version(package_info.__shortversion__)
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """``"0.15.0rc7"`` / ``"0.16.1"`` / ``"0.19.0.dev0+abc"`` -> ``(major, minor, patch)`` (pre-release tags dropped)."""
+    m = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if not m:
+        raise ValueError(f"cannot read a megatron-core version from {text!r}")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 
 
 @functools.lru_cache(maxsize=None)

@@ -51,17 +51,70 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _split_top_level(nodelist: str) -> list[str]:
+    """Split a SLURM host list at the commas that are not inside ``[...]``."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(nodelist):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"cannot parse SLURM node list {nodelist!r}: unbalanced ']'")
+        elif ch == "," and depth == 0:
+            parts.append(nodelist[start:i])
+            start = i + 1
+    if depth:
+        raise ValueError(f"cannot parse SLURM node list {nodelist!r}: unbalanced '['")
+    parts.append(nodelist[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _bracket_values(body: str, nodelist: str) -> list[str]:
+    """Values of one ``[...]`` group such as ``003-005,007`` (zero padding of the range start is kept)."""
+    values = []
+    for item in body.split(","):
+        item = item.strip()
+        lo, sep, hi = item.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"cannot parse SLURM node list {nodelist!r}: bad range {item!r}")
+        if not sep:
+            values.append(lo)
+            continue
+        width = len(lo) if lo.startswith("0") or len(lo) == len(hi) else 0
+        values.extend(str(n).zfill(width) for n in range(int(lo), int(hi) + 1))
+    return values
+
+
+def expand_slurm_hostlist(nodelist: str) -> list[str]:
+    """All host names of a SLURM node list, in SLURM's order.
+
+    Handles several entries (``gpu[1-2],cpu01``), several bracket groups in one entry
+    (``rack[1-2]-node[01-04]``: the last group varies fastest), and text after a group (``node[01-02]-ib``).
+    """
+    hosts: list[str] = []
+    for entry in _split_top_level(nodelist.strip()):
+        pieces = re.split(r"(\[[^\]]*\])", entry)
+        combos = [""]
+        for piece in pieces:
+            if piece.startswith("["):
+                combos = [c + v for c in combos for v in _bracket_values(piece[1:-1], nodelist)]
+            else:
+                combos = [c + piece for c in combos]
+        hosts.extend(combos)
+    if not hosts:
+        raise ValueError(f"cannot parse SLURM node list {nodelist!r}: no hosts")
+    return hosts
+
+
 def first_slurm_host(nodelist: str) -> str:
     """First host name of a SLURM node list such as ``gpu[003-005,007],cpu01`` (→ ``gpu003``)."""
-    nodelist = nodelist.strip()
-    m = re.match(r"^([^,\[]+)(\[([^\]]+)\])?", nodelist)
-    if not m:
-        raise ValueError(f"cannot parse SLURM_NODELIST={nodelist!r}")
-    prefix, bracket = m.group(1), m.group(3)
-    if bracket is None:
-        return prefix
-    first = bracket.split(",")[0].split("-")[0]
-    return prefix + first
+    first_entry = _split_top_level(nodelist.strip())[:1]
+    if not first_entry:
+        raise ValueError(f"cannot parse SLURM node list {nodelist!r}: no hosts")
+    # only the first value of each group matters: avoid expanding a 1000-node range
+    entry = re.sub(r"\[([^\]]*)\]", lambda m: "[" + m.group(1).split(",")[0].split("-")[0] + "]", first_entry[0])
+    return expand_slurm_hostlist(entry)[0]
 
 
 def detect_dist_env(environ: Optional[Mapping[str, str]] = None) -> DistEnv:

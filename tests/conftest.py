@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import os
+import sys
 
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+def _gpu_tier_selected(argv: list[str]) -> bool:
+    """True for ``pytest -m gpu`` (or NEMO_MINITRON_GPU=1): then CUDA stays visible; otherwise tests run on CPU."""
+    if os.environ.get("NEMO_MINITRON_GPU") == "1":
+        return True
+    exprs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-m"] + [a[2:] for a in argv if a.startswith("-m")
+                                                                          and len(a) > 2]
+    return any("gpu" in e and "not gpu" not in e for e in exprs)
+
+
+if not _gpu_tier_selected(sys.argv):
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
 
@@ -26,10 +38,9 @@ def world():
 @pytest.fixture(scope="session")
 def tiny_cfg():
     """The tiny Llama-style test model: 4 layers, hidden 64, 8 heads / 4 groups, vocab 256 (use .replace())."""
-    from nemo_minitron.config.model import ModelConfig
+    from tests.tiny import tiny
 
-    return ModelConfig(name="tiny", num_layers=4, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8,
-                       num_query_groups=4, vocab_size=256, max_position_embeddings=256)
+    return tiny()
 
 
 def pytest_collection_modifyitems(config, items):

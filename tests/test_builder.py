@@ -7,6 +7,8 @@ from nemo_minitron.models.builder import build_gpt_model, build_transformer_conf
 from nemo_minitron.models.forward import forward_logits
 from nemo_minitron.models.params import count_parameters
 
+pytestmark = pytest.mark.compat
+
 VARIANTS = {
     "llama": {},
     "tied": dict(share_embeddings_and_output_weights=True),

@@ -34,6 +34,7 @@ def _state(model):
     return {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
 
 
+@pytest.mark.compat
 def test_round_trip_bitwise(saved, tiny_cfg):
     model, path = saved
     seed_everything(4)
@@ -90,7 +91,7 @@ def test_missing_shard_is_refused(saved, tiny_cfg):
     shards = sorted((path / "weights").glob("*.distcp"))
     assert shards
     shards[0].unlink()
-    with pytest.raises(CheckpointError, match="failed to read weights"):
+    with pytest.raises(CheckpointError, match=f"{shards[0].name} is missing"):
         load_checkpoint(model, tiny_cfg, path)
 
 
@@ -99,7 +100,7 @@ def test_truncated_shard_is_refused(saved, tiny_cfg):
     shard = max((path / "weights").glob("*.distcp"), key=lambda p: p.stat().st_size)
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="failed to read weights"):
+    with pytest.raises(CheckpointError, match=f"{shard.name} is corrupt"):
         load_checkpoint(model, tiny_cfg, path)
 
 

@@ -58,12 +58,12 @@ def test_prune_help_shows_values_and_docs_and_writes_nothing(tmp_path):
     """The real entry point: --help with an override shows the value; neither --help nor a run leaves files."""
     script = REPO / "examples" / "megatron_prune.py"
     p = subprocess.run([sys.executable, str(script), "--help", "prune.ffn_hidden_size=96"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+                       capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr
     assert "  ffn_hidden_size: 96  (int|null)" in p.stdout
     assert "Target MLP width" in p.stdout and "hidden_size: 64" not in p.stdout
     p = subprocess.run([sys.executable, str(REPO / "examples" / "model_info.py"), "model=tiny", "output=json"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+                       capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr
     assert sorted(x.name for x in tmp_path.iterdir()) == []  # no outputs/DATE/TIME, .hydra or <job>.log
 

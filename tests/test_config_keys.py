@@ -108,6 +108,6 @@ def test_suggestion_prefers_the_same_level_then_the_same_name():
 
 def test_entry_point_exits_nonzero_naming_the_key(tmp_path):
     p = subprocess.run([sys.executable, str(REPO / "examples" / "model_info.py"), "+model.hiden_size=3"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+                       capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert p.returncode != 0
     assert "model.hiden_size: unknown key; did you mean model.hidden_size?" in p.stderr + p.stdout

@@ -2,9 +2,12 @@
 
 import threading
 
+import pytest
 import torch
 
 from nemo_minitron import cpu_compat
+
+pytestmark = pytest.mark.compat
 
 
 def test_redirects_cuda_requests():

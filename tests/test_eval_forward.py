@@ -149,3 +149,18 @@ def test_evaluate_at_tp2_pp2_dp2_matches_dense(tmp_path):
     for r in results:
         assert r["loss"] == pytest.approx(ref, abs=2e-5), r
         assert r["tokens"] == int((mask[:, 1:] & mask[:, :-1]).sum())
+
+
+def test_pruning_eval_loss_equals_the_engine(world, tmp_path):
+    """prune.calibrate.eval_loss can become ``lm_loss_sums(model, window_batches(...), dp_group).loss``."""
+    from nemo_minitron.eval.perplexity import load_model
+    from nemo_minitron.interop.hf import import_hf
+    from nemo_minitron.models.forward import lm_loss_sums, window_batches
+    from nemo_minitron.prune.calibrate import TokenBatch, eval_loss
+
+    make_hf_model("llama", tmp_path / "hf")
+    model, _, ctx = load_model(import_hf(tmp_path / "hf", tmp_path / "ckpt"))
+    mask = torch.ones_like(TOKENS, dtype=torch.bool)
+    mask[1, 9:] = False
+    engine = lm_loss_sums(model, window_batches(TOKENS, mask, 1), dp_group=ctx.dp_group).loss
+    assert eval_loss(model, TokenBatch(TOKENS, mask), ctx, 1) == pytest.approx(engine, abs=1e-6)

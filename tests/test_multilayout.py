@@ -54,6 +54,7 @@ def _check_reload(out_dir, cfg, state, tokens, logits, layouts):
         assert torch.equal(forward_logits(model, tokens), logits)
 
 
+@pytest.mark.compat
 @pytest.mark.multiproc
 @pytest.mark.timeout(420)
 def test_two_processes_tp2_pp2(reference):

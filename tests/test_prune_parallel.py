@@ -12,6 +12,7 @@ import torch
 
 from nemo_minitron.models.forward import forward_logits
 from tests.launch import REPO, torchrun
+from tests.tiny import tiny
 from tests.workers.prune_layouts import TOKENS, VARIANTS, job_for
 
 pytestmark = pytest.mark.multiproc
@@ -47,16 +48,15 @@ def _state(path):
     return {k: v for k, v in _model(path).state_dict().items() if isinstance(v, torch.Tensor)}
 
 
+@pytest.mark.compat
 def test_prune_is_layout_independent(tmp_path):
     from nemo_minitron import runtime
     from nemo_minitron.checkpoint import save_checkpoint
-    from nemo_minitron.config.model import ModelConfig
     from nemo_minitron.models.builder import build_gpt_model
     from nemo_minitron.prune.pipeline import run_prune
 
     runtime.init_model_parallel(1, 1, seed=3)
-    cfg = ModelConfig(name="tiny", num_layers=4, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8,
-                      num_query_groups=4, vocab_size=256, max_position_embeddings=256)
+    cfg = tiny()
     save_checkpoint(build_gpt_model(cfg), cfg, tmp_path / "ckpt")
     g = torch.Generator().manual_seed(9)
     tokens = torch.randint(0, 256, (32, 32), generator=g)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nemo_minitron.runtime import detect_dist_env, first_slurm_host
+from nemo_minitron.runtime import detect_dist_env, expand_slurm_hostlist, first_slurm_host
 
 
 @pytest.mark.parametrize(
@@ -12,10 +12,43 @@ from nemo_minitron.runtime import detect_dist_env, first_slurm_host
         ("gpu[003-005,007]", "gpu003"),
         ("gpu[12,14-15],cpu01", "gpu12"),
         ("a-b-c,d", "a-b-c"),
+        ("node[01-02]-ib", "node01-ib"),
+        ("node[01-02]-ib,login1", "node01-ib"),
+        ("rack[3-4]-node[07,09]", "rack3-node07"),
+        ("dgx-h100-[0012-0020]", "dgx-h100-0012"),
+        ("gpu[9-11]", "gpu9"),
+        (" node5 ", "node5"),
+        ("pre[1]post", "pre1post"),
+        ("n[001-004]x[a]", None),
     ],
 )
 def test_first_slurm_host(nodelist, first):
-    assert first_slurm_host(nodelist) == first
+    if first is None:
+        with pytest.raises(ValueError, match="cannot parse SLURM node list"):
+            first_slurm_host(nodelist)
+    else:
+        assert first_slurm_host(nodelist) == first
+        assert expand_slurm_hostlist(nodelist)[0] == first
+
+
+@pytest.mark.parametrize(
+    "nodelist,hosts",
+    [
+        ("node[01-02]-ib", ["node01-ib", "node02-ib"]),
+        ("gpu[9-11],cpu01", ["gpu9", "gpu10", "gpu11", "cpu01"]),
+        ("gpu[098-101]", ["gpu098", "gpu099", "gpu100", "gpu101"]),
+        ("rack[1-2]-n[1,3]", ["rack1-n1", "rack1-n3", "rack2-n1", "rack2-n3"]),
+        ("a,b[2,4-5]c", ["a", "b2c", "b4c", "b5c"]),
+    ],
+)
+def test_expand_slurm_hostlist(nodelist, hosts):
+    assert expand_slurm_hostlist(nodelist) == hosts
+
+
+@pytest.mark.parametrize("bad", ["", "node[01-02", "node]1[", "node[a-b]", ","])
+def test_bad_slurm_hostlist(bad):
+    with pytest.raises(ValueError, match="cannot parse SLURM node list"):
+        expand_slurm_hostlist(bad)
 
 
 def test_torchrun_env():

@@ -131,7 +131,7 @@ class PrepareWikitextConfig:
     chunk_docs: int = 16
     """Documents per task sent to a worker."""
 
-    overwrite: bool = True
+    overwrite: bool = False
     """Replace existing output files (written atomically)."""
 
     progress: bool = True

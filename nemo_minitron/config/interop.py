@@ -36,13 +36,13 @@ class ConvertConfig:
     """Input: HF model dir, .gguf file (or the shortcut `smollm2`), NeMo 2 dir (or a tar of one), megatron checkpoint."""
 
     input_format: str = "hf"
-    """hf, gguf, nemo2 or megatron."""
+    """hf, gguf, nemo2 (NeMo 2 directory), nemo (NeMo 1 .nemo archive or extracted directory) or megatron."""
 
     output_path: str = MISSING
     """Output directory (written atomically; must not exist unless overwrite=true)."""
 
     output_format: str = "megatron"
-    """hf, nemo2 or megatron."""
+    """hf, nemo2, nemo (a .nemo archive when output_path ends in .nemo, else a directory) or megatron."""
 
     model: ConvertModelConfig = field(default_factory=ConvertModelConfig)
     """Parallel layout and dtype of the megatron model."""

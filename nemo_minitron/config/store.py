@@ -26,6 +26,7 @@ _MODULES = (
     "nemo_minitron.config.interop",
     "nemo_minitron.eval.config",
     "nemo_minitron.recipe.config",
+    "nemo_minitron.plan.planner",
 )
 
 #: Hydra settings shared by every entry point (``- nemo_minitron_hydra`` in a primary config's defaults):
@@ -35,7 +36,7 @@ HYDRA_SETTINGS = {
     "defaults": [{"override hydra/job_logging": "none"}, {"override hydra/hydra_logging": "none"}],
     "hydra": {
         "run": {"dir": "."},
-        "sweep": {"dir": ".", "subdir": "${hydra.job.num}"},
+        "sweep": {"dir": ".", "subdir": "."},
         "output_subdir": None,
         "job": {"chdir": False},
         "help": {"template": "${nemo_minitron_help:${hydra.job.config_name}}"},

@@ -144,6 +144,11 @@ class TrainerConfig:
 class KDConfig:
     """Knowledge-distillation loss (Minitron defaults: logits only, forward KL, T = 1, no LM loss)."""
 
+    loss: str = "minitron"
+    """Loss object (registry in nemo_minitron.distill.objective): minitron (logit KL + balanced
+    intermediate pairs, optional LM-loss mixing), logits_kl (logit KL only), lm (LM loss only), or
+    package.module:ClassName for a TrainingLoss subclass of your own."""
+
     temperature: float = 1.0
     """Softmax temperature of teacher and student logits."""
 
@@ -265,6 +270,10 @@ class TrainConfig:
             raise ConfigError(f"model.optim.sched.min_lr={m.optim.sched.min_lr} exceeds model.optim.lr={m.optim.lr}")
         if len(m.optim.betas) != 2:
             raise ConfigError(f"model.optim.betas={list(m.optim.betas)} must have two values")
+        if self.mode == "distill":
+            from nemo_minitron.distill.objective import resolve_loss
+
+            resolve_loss(self.kd.loss)  # ConfigError naming kd.loss when unknown
         if self.kd.temperature <= 0:
             raise ConfigError(f"kd.temperature={self.kd.temperature} must be > 0")
         if self.kd.top_k is not None and self.kd.top_k < 1:

@@ -101,7 +101,13 @@ class HFWeights:
         else:
             raise FileNotFoundError(f"{d} holds no Hugging Face weights ({SAFE_SINGLE}, {SAFE_INDEX}, "
                                     f"{BIN_SINGLE} or {BIN_INDEX})")
+        root = d.resolve()
         for f in set(self._file_of.values()):
+            if root not in f.resolve().parents:
+                from nemo_minitron.checkpoint import CheckpointError
+
+                raise CheckpointError(f"weight shard {f} listed in the index of {d} lies outside that directory; "
+                                 "refusing to read it")
             if not f.is_file():
                 raise FileNotFoundError(f"weight shard {f} listed in the index of {d} does not exist")
 

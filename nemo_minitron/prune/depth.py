@@ -23,6 +23,10 @@ def block_candidates(num_layers: int, block: int) -> list[list[int]]:
     return [list(range(s, s + block)) for s in range(0, num_layers - block)]
 
 
+#: The layer selectors of :func:`select_drop` (``prune.depth_method``); validation reads them from here.
+DEPTH_METHODS = ("block_loss", "layer_loss", "cosine")
+
+
 def select_drop(method: str, num_layers: int, target_layers: int, layer_cosine: dict[int, float],
                 layer_loss: dict[int, float] | None = None,
                 block_loss: dict[int, float] | None = None) -> list[int]:
@@ -31,6 +35,8 @@ def select_drop(method: str, num_layers: int, target_layers: int, layer_cosine: 
     Higher layer scores mean more important: for the loss selectors the score is the loss with the layer
     removed (a bigger loss means the layer matters more).
     """
+    if method not in DEPTH_METHODS:
+        raise ValueError(f"depth method {method!r} must be one of {list(DEPTH_METHODS)}")
     n_drop = num_layers - target_layers
     if n_drop == 0:
         return []

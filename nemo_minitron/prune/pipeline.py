@@ -29,7 +29,14 @@ import torch
 import torch.distributed as dist
 
 from nemo_minitron import runtime
-from nemo_minitron.checkpoint import load_checkpoint, load_model_config, save_checkpoint, tokenizer_path
+from nemo_minitron.atomic import check_output_path
+from nemo_minitron.checkpoint import (
+    COMPLETE_MARKER,
+    load_checkpoint,
+    load_model_config,
+    save_checkpoint,
+    tokenizer_path,
+)
 from nemo_minitron.config.model import ConfigError, ModelConfig, apply_layout
 from nemo_minitron.config.prune import MegatronPruneConfig, PruneConfig
 from nemo_minitron.logging import get_logger
@@ -55,11 +62,13 @@ __all__ = ["REPORT_FILE", "PLOT_FILE", "build_pruned_sharded", "load_cache", "re
 def resolve_model_config(job: MegatronPruneConfig) -> ModelConfig:
     """Architecture from the checkpoint, runtime layout from ``job.model``; validated."""
     rt = job.model
+    from nemo_minitron.interop.convert import resolve_checkpoint
+
     if not rt.restore_from_path:
-        raise ConfigError("model.restore_from_path is required (a megatron checkpoint directory)")
-    arch = load_model_config(rt.restore_from_path)
-    return apply_layout(rt, arch).replace(precision=rt.precision,
-                                       restore_from_path=str(rt.restore_from_path)).validate("model")
+        raise ConfigError("model.restore_from_path is required (a megatron, NeMo 2 or .nemo checkpoint)")
+    restore = resolve_checkpoint(rt.restore_from_path)  # NeMo 2 / .nemo: converted once, next to the source
+    arch = load_model_config(restore)
+    return apply_layout(rt, arch).replace(precision=rt.precision, restore_from_path=str(restore)).validate("model")
 
 
 @dataclasses.dataclass
@@ -177,9 +186,8 @@ def prepare(job: MegatronPruneConfig) -> Prepared:
     started = time.perf_counter()
     cfg = resolve_model_config(job)
     validate_targets(job.prune, cfg)
-    out = Path(job.export.save_path)
-    if out.exists() and not job.export.overwrite:
-        raise ConfigError(f"export.save_path={out} already exists; set export.overwrite=true or pick another path")
+    out = check_output_path(job.export.save_path, "export.save_path", overwrite=job.export.overwrite,
+                            inputs=(cfg.restore_from_path, job.model.restore_from_path), markers=(COMPLETE_MARKER,), exists_error=ConfigError)
     ctx = runtime.init_model_parallel(cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size, cfg.seed)
     return Prepared(job, cfg, ctx, out, started)
 

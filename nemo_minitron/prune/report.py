@@ -162,7 +162,7 @@ def plot_layers(path: str | os.PathLike, scores, dropped: list[int]) -> Path | N
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover
-        log.warning("matplotlib is not installed: no layer importance plot")
+        log.warning("matplotlib is not installed: no layer importance plot (pip install matplotlib, or the [hf] extra)")
         return None
     layers = sorted(scores.layer_cosine)
     colors = ["tab:red" if n in set(dropped) else "tab:blue" for n in layers]

@@ -49,6 +49,7 @@ def train_config(rc: MinitronConfig, mode: str, student: Path, teacher: Optional
     cfg.exp_manager.explicit_log_dir = str(run_dir)
     cfg.exp_manager.checkpoint_every_n_steps = budget.checkpoint_every_n_steps
     cfg.export.save_path = str(save_path)
+    cfg.export.overwrite = True  # the recipe owns its work_dir; a finished step is skipped before this
     return cfg
 
 

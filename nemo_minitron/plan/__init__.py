@@ -1,0 +1,1 @@
+"""Resource planning for prune and distill runs: FLOPs, memory per GPU, step time (pure arithmetic, no model built)."""
