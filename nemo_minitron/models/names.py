@@ -12,8 +12,9 @@ Besides weights, both specs carry ``_extra_state`` entries (``ShardedObject`` in
 the local linear layers store an empty one for TE compatibility; TE modules store FP8 metadata and
 TE's core attention adds its own. They never hold weights, so loaders treat them as optional.
 
-Every other module reads names from here: the checkpoint loader, the HF/NeMo mapping, the pruning
-hooks and surgery, and the KD intermediate pairs. Canonical names are the local-spec ones.
+The checkpoint loader, the HF/NeMo mapping and the pruning hooks and surgery read names from here;
+:func:`norm_site` and :func:`fused_norm_output` give the post-norm hidden states under either spec.
+Canonical names are the local-spec ones.
 """
 
 from __future__ import annotations
