@@ -27,7 +27,6 @@ def cpu_shims() -> None:
 
 
 def main(nemo2: Path, nemo1: Path, out: Path) -> None:
-    import torch
     from fiddle._src.experimental import serialization
     from nemo.export.trt_llm.nemo_ckpt_loader import nemo_file
     from nemo.lightning import io
@@ -49,11 +48,6 @@ def main(nemo2: Path, nemo1: Path, out: Path) -> None:
     result["nemo1_config"] = {k: unpacked.model_config.get(k) for k in (
         "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
         "activation", "normalization", "bias", "share_embeddings_and_output_weights", "mcore_gpt")}
-    weights = nemo_file.load_distributed_model_weights(str(nemo1), True)
-    result["nemo1_keys"] = {k: list(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
-    for k, v in weights.items():
-        if isinstance(v, torch.Tensor) and (k.endswith("word_embeddings.weight") or k.endswith("final_layernorm.weight")):
-            result.setdefault("nemo1_tensors", {})[k] = v.float().tolist()
     out.write_text(json.dumps(result))
 
 
