@@ -1,0 +1,67 @@
+"""Against real NeMo 2.7.3 (transformers 4.57, megatron-core 0.15.3): our NeMo 2 / NeMo 1 checkpoints as NeMo
+reads them, HF exports as transformers 4.57 runs them, and the ``nemo minitron`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.workers.interop_common import TOKENS, hf_logits, make_hf_model
+
+WORKER = Path(__file__).parent / "workers" / "nemo_side.py"
+REPO = Path(__file__).resolve().parents[2]
+ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+
+
+@pytest.mark.timeout(1200)
+def test_nemo_reads_our_nemo2_context_and_nemo1_file(world, tmp_path):
+    from nemo_minitron.interop.convert import convert
+
+    make_hf_model("pruned", tmp_path / "hf")  # head_dim 20 != 48 / 6, GQA 6/2, 3 layers
+    mega = convert(tmp_path / "hf", "hf", tmp_path / "mega", "megatron")
+    nemo2 = convert(mega, "megatron", tmp_path / "n2", "nemo2")
+    nemo1 = convert(mega, "megatron", tmp_path / "n1.nemo", "nemo")
+    out = tmp_path / "seen.json"
+    run = subprocess.run([sys.executable, str(WORKER), str(nemo2), str(nemo1), str(out)], env=ENV,
+                         capture_output=True, text=True, timeout=1100)
+    assert run.returncode == 0, run.stderr[-4000:]
+    seen = json.loads(out.read_text())
+    assert seen["fiddle_root"] == "nemo.lightning.io.pl.TrainerContext"
+    assert seen["nemo2_config_class"] == "nemo.collections.llm.gpt.model.llama.LlamaConfig"
+    shape = {"num_layers": 3, "hidden_size": 48, "ffn_hidden_size": 72, "num_attention_heads": 6,
+             "num_query_groups": 2, "kv_channels": 20}
+    assert seen["nemo2_config"] | shape == seen["nemo2_config"]
+    assert seen["nemo2_config"]["vocab_size"] == 128 and seen["nemo2_activation"] == "silu"
+    assert seen["nemo2_tokenizer_ids"] == [5, 17, 99]
+    assert seen["nemo1_config"] | shape == seen["nemo1_config"] and seen["nemo1_config"]["activation"] == "fast-swiglu"
+
+
+def test_hf_export_runs_right_under_transformers_4_57(world, tmp_path):
+    """Llama-3.1 RoPE scaling + tied embeddings and Mistral: exported config.json read by transformers 4.57."""
+    import transformers
+
+    from nemo_minitron.interop.convert import convert
+
+    assert transformers.__version__.startswith("4.57")
+    for kind in ("llama", "llama_tied", "mistral"):
+        src = make_hf_model(kind, tmp_path / kind)
+        ref = hf_logits(src, TOKENS)
+        out = convert(tmp_path / kind, "hf", tmp_path / f"{kind}_out", "hf")
+        loaded = transformers.AutoConfig.from_pretrained(str(out))
+        assert loaded.rope_theta == src.config.rope_theta
+        assert getattr(loaded, "rope_scaling", None) == getattr(src.config, "rope_scaling", None)
+        diff = (hf_logits(out, TOKENS) - ref).abs().max().item()
+        assert diff <= 1e-5, f"{kind}: {diff}"
+
+
+@pytest.mark.timeout(900)
+def test_nemo_command_lists_minitron(tmp_path):
+    run = subprocess.run([str(Path(sys.executable).with_name("nemo")), "minitron", "--help"], env=ENV, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=850)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "prune" in run.stdout and "distill" in run.stdout and "Minitron width/depth pruning" in run.stdout

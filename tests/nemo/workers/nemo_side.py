@@ -1,0 +1,55 @@
+"""NeMo's side of the NeMo tier, in its own process: ``python nemo_side.py NEMO2_DIR NEMO1_FILE OUT_JSON``.
+
+Loads our NeMo 2 context with NeMo's ``io.load_context`` (and fiddle's own JSON loader) and reads our NeMo 1
+``.nemo`` with NeMo's NeMo 1 reader (``nemo.export.trt_llm.nemo_ckpt_loader``); writes what it saw as JSON
+(tensors as lists) for the test to compare with the source model.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+
+def cpu_shims() -> None:
+    """NeMo on CPU without Transformer Engine (test code only): NeMo's configs switch on TE-only fusions."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    post_init = TransformerConfig.__post_init__
+
+    def no_te_fusions(self):
+        for name in ("apply_rope_fusion", "persist_layer_norm", "masked_softmax_fusion",
+                     "gradient_accumulation_fusion", "bias_activation_fusion", "bias_dropout_fusion"):
+            if hasattr(self, name):
+                setattr(self, name, False)
+        post_init(self)
+
+    TransformerConfig.__post_init__ = no_te_fusions
+
+
+def main(nemo2: Path, nemo1: Path, out: Path) -> None:
+    from fiddle._src.experimental import serialization
+    from nemo.export.trt_llm.nemo_ckpt_loader import nemo_file
+    from nemo.lightning import io
+
+    cpu_shims()
+    result = {}
+    cfg = io.load_context(nemo2 / "context", subpath="model.config")
+    result["nemo2_config_class"] = type(cfg).__module__ + "." + type(cfg).__name__
+    result["nemo2_config"] = {k: getattr(cfg, k) for k in (
+        "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
+        "vocab_size", "rotary_base", "share_embeddings_and_output_weights", "add_qkv_bias", "normalization")}
+    result["nemo2_activation"] = getattr(cfg.activation_func, "__name__", str(cfg.activation_func))
+    tok = io.load_context(nemo2 / "context", subpath="model.tokenizer")
+    result["nemo2_tokenizer_ids"] = tok.text_to_ids("w5 w17 w99")
+    ctx = serialization.load_json((nemo2 / "context" / "io.json").read_text())
+    result["fiddle_root"] = ctx.__fn_or_cls__.__module__ + "." + ctx.__fn_or_cls__.__name__
+
+    unpacked = nemo_file.UnpackedNemoCheckpointDir(nemo_file.nemo_to_path(str(nemo1)), load_checkpoints_to_cpu=True)
+    result["nemo1_config"] = {k: unpacked.model_config.get(k) for k in (
+        "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
+        "activation", "normalization", "bias", "share_embeddings_and_output_weights", "mcore_gpt")}
+    out.write_text(json.dumps(result))
+
+
+if __name__ == "__main__":  # the torch_dist reader may spawn processes that re-import this module
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
