@@ -74,7 +74,7 @@ def test_wheel_builds_from_exactly_the_dockerfile_copies(tmp_path):
     )
     assert build.returncode == 0, build.stderr[-3000:]
     names = zipfile.ZipFile(next((tmp_path / "whl").glob("nemo_minitron-*.whl"))).namelist()
-    assert "nemo_minitron/mcore_compat.py" in names and "nemo_minitron/conf/config.yaml" in names
+    assert "nemo_minitron/mcore_compat.py" in names and "nemo_minitron/conf/megatron_prune.yaml" in names
     # every RUN step's local script is among the copied files
     for script in re.findall(r"python (scripts/\S+\.py|examples/\S+\.py)", (REPO / "Dockerfile").read_text()):
         assert (ctx / script).exists(), f"Dockerfile runs {script} but does not COPY it"
