@@ -10,6 +10,10 @@ RSS of a process that only imports the libraries, and the fp32 model size, so th
   megatron -> hf       megatron model (one copy) streamed into safetensors shards
   hf -> megatron       safetensors read lazily (mmap), megatron model filled in place (one copy)
   hf -> nemo2          import + export through a staging checkpoint
+The hf -> megatron and megatron -> hf steps then run again under torchrun at TP=2 (two processes):
+each rank reads only its slice of every safetensors tensor, and export loads only its shard while
+full tensors stream to rank 0 one at a time; the table prints the largest per-process peak next to
+the TP=1 one (ideal ratio of the model-dependent part: about 1/TP).
 Finally megatron logits are compared with transformers' on a few sentences.
 """
 
@@ -42,7 +46,7 @@ def _peak_mb() -> float:
 
 
 def step(name: str, work: Path) -> dict:
-    """Run one step in this process; return its figures."""
+    """Run one step in this process (under torchrun for the ``*_tp2`` steps); return its figures."""
     import megatron.core  # noqa: F401  (imports count towards the baseline, not the step)
     import transformers  # noqa: F401
 
@@ -58,6 +62,10 @@ def step(name: str, work: Path) -> dict:
         convert(work / "megatron", "megatron", work / "hf", "hf", dtype="float32")
     elif name == "hf_to_megatron":
         convert(work / "hf", "hf", work / "megatron2", "megatron")
+    elif name == "hf_to_megatron_tp2":
+        convert(work / "hf", "hf", work / "megatron_tp2", "megatron", tp=2)
+    elif name == "megatron_to_hf_tp2":
+        convert(work / "megatron_tp2", "megatron", work / "hf_tp2", "hf", dtype="float32", tp=2)
     elif name == "hf_to_nemo2":
         convert(work / "hf", "hf", work / "nemo2", "nemo2")
     elif name == "logits":
@@ -111,20 +119,27 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     results = []
-    for name in ("baseline", "gguf_to_megatron", "megatron_to_hf", "hf_to_megatron", "hf_to_nemo2", "logits"):
-        proc = subprocess.run([sys.executable, __file__, "--workdir", str(work), "--step", name],
+    steps = ("baseline", "gguf_to_megatron", "megatron_to_hf", "hf_to_megatron", "hf_to_nemo2",
+             "hf_to_megatron_tp2", "megatron_to_hf_tp2", "logits")
+    for name in steps:
+        launch = [sys.executable]
+        if name.endswith("_tp2"):
+            launch += ["-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517"]
+        proc = subprocess.run([*launch, __file__, "--workdir", str(work), "--step", name],
                               capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
             raise SystemExit(f"step {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-        results.append(json.loads(lines[-1][7:]))
+        per_rank = [json.loads(ln[7:]) for ln in lines]
+        worst = max(per_rank, key=lambda r: r.get("peak_rss_mb", 0))
+        results.append(worst | {"processes": len(per_rank)})
     model_mb = sum(p.stat().st_size for p in (work / "hf").glob("*.safetensors")) / 2**20
     base = results[0]["peak_rss_mb"]
     print(f"SmolLM2-135M fp32 weights: {model_mb:.0f} MiB; process baseline after imports: {base:.0f} MiB")
-    print(f"{'step':18s} {'time s':>8s} {'peak RSS MiB':>13s} {'(peak-base)/model':>18s}")
+    print(f"{'step':22s} {'procs':>5s} {'time s':>8s} {'peak RSS MiB/proc':>18s} {'(peak-base)/model':>18s}")
     for r in results[1:-1]:
         ratio = (r["peak_rss_mb"] - base) / model_mb
-        print(f"{r['step']:18s} {r['seconds']:8.1f} {r['peak_rss_mb']:13.0f} {ratio:18.2f}")
+        print(f"{r['step']:22s} {r['processes']:5d} {r['seconds']:8.1f} {r['peak_rss_mb']:18.0f} {ratio:18.2f}")
     print(json.dumps(results[-1], indent=2))
 
 

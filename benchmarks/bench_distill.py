@@ -1,6 +1,7 @@
 """KD overhead and memory, measured side by side in one run.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_distill.py [--steps 6] [--hidden 256] [--seq 256]
+    OMP_NUM_THREADS=2 python benchmarks/bench_distill.py --preset smollm2   # SmolLM2-135M teacher, pruned student
 
 Prints, for the same student, teacher and batches:
   * KD step time / (student LM-loss training step + teacher forward)   (goal <= 1.05)
@@ -27,6 +28,11 @@ sys.path.insert(0, str(REPO))
 def _models(args):
     from tests.workers.distill_common import tiny
 
+    if args.preset == "smollm2":  # SmolLM2-135M's shape and a width-pruned student (random weights)
+        teacher = tiny(num_layers=30, hidden_size=576, ffn_hidden_size=1536, num_attention_heads=9,
+                       num_query_groups=3, vocab_size=49152, max_position_embeddings=max(2048, args.seq))
+        student = teacher.replace(hidden_size=384, ffn_hidden_size=1024, num_attention_heads=6, num_query_groups=3)
+        return student, teacher
     student = tiny(num_layers=args.student_layers, hidden_size=args.hidden, ffn_hidden_size=4 * args.hidden,
                    num_attention_heads=8, num_query_groups=4, vocab_size=args.vocab, max_position_embeddings=args.seq)
     teacher = tiny(num_layers=2 * args.student_layers, hidden_size=int(1.5 * args.hidden),
@@ -115,7 +121,7 @@ def main(args):
         mem[mode] = json.loads(line[0][7:])["peak_mib"] if line else float("nan")
     tokens = args.mbs * args.seq
     print(f"\nstudent {student_cfg.num_layers}x{student_cfg.hidden_size}, teacher {teacher_cfg.num_layers}x"
-          f"{teacher_cfg.hidden_size}, vocab {args.vocab}, {args.mbs}x{args.seq} tokens/step, "
+          f"{teacher_cfg.hidden_size}, vocab {student_cfg.vocab_size}, {args.mbs}x{args.seq} tokens/step, "
           f"{torch.get_num_threads()} threads, {args.steps} timed steps (median)")
     print(f"{'LM-only student step':34s} {med['lm'] * 1e3:9.1f} ms  ({tokens / med['lm']:8.0f} tokens/s)")
     print(f"{'teacher forward':34s} {med['teacher'] * 1e3:9.1f} ms")
@@ -136,6 +142,8 @@ if __name__ == "__main__":
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--mbs", type=int, default=4)
+    p.add_argument("--preset", choices=["default", "smollm2"], default="default",
+                   help="smollm2: SmolLM2-135M-shaped teacher (30x576, vocab 49152) and a 30x384 student")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()

@@ -24,7 +24,8 @@ import time
 import hydra
 from omegaconf import OmegaConf
 
-from nemo_minitron.config.store import register_configs
+from nemo_minitron import cli
+from nemo_minitron.config.store import register_configs, to_object
 from nemo_minitron.paths import conf_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # conversion never fetches weights from a hub
@@ -37,7 +38,7 @@ def main(cfg) -> None:
     from nemo_minitron.interop.convert import convert
 
     # 1. validate the request before touching any file
-    job = OmegaConf.to_object(cfg).validate()
+    job = to_object(cfg).validate()
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints
     if rank0:
         print(OmegaConf.to_yaml(cfg))
@@ -46,7 +47,8 @@ def main(cfg) -> None:
     start = time.perf_counter()
     out = convert(job.input_path, job.input_format, job.output_path, job.output_format,
                   tp=job.model.tensor_model_parallel_size, pp=job.model.pipeline_model_parallel_size,
-                  precision=job.model.precision, hf_model_type=job.hf_model_type, dtype=job.dtype,
+                  precision=job.model.precision, transformer_impl=job.model.transformer_impl,
+                  hf_model_type=job.hf_model_type, dtype=job.dtype,
                   max_shard_size=job.max_shard_size, tokenizer_path=job.tokenizer_path,
                   trust_remote_code=job.trust_remote_code, overwrite=job.overwrite, cache_dir=job.cache_dir)
 
@@ -57,4 +59,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -10,9 +10,9 @@ CC BY-SA: generate it, do not commit it. Next step: examples/prepare_wikitext.py
 """
 
 import hydra
-from omegaconf import OmegaConf
 
-from nemo_minitron.config.store import register_configs
+from nemo_minitron import cli
+from nemo_minitron.config.store import register_configs, to_object
 from nemo_minitron.paths import conf_dir
 
 register_configs()
@@ -20,7 +20,7 @@ register_configs()
 
 @hydra.main(config_path=conf_dir(), config_name="fetch_wikipedia", version_base=None)
 def main(cfg) -> None:
-    args = OmegaConf.to_object(cfg).validate()
+    args = to_object(cfg).validate()
 
     from nemo_minitron.data.wikipedia_excerpt import build_wikipedia_excerpt
 
@@ -31,4 +31,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

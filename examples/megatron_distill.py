@@ -13,11 +13,13 @@
 Options NeMo hard-codes are under kd.* (kd.temperature, kd.reverse_kl, kd.top_k, kd.skip_lm_loss, ...).
 Outputs: RUN/tensorboard (scalars), RUN/checkpoints/step_* (train state, last exp_manager.keep_last_k),
 and the final student at export.save_path (a plain nemo_minitron checkpoint). Running the same command
-again on the same RUN resumes from its latest checkpoint; trainer.max_steps may be raised.
+again on the same RUN resumes from its latest checkpoint; trainer.max_steps may be raised
+(an existing export.save_path is replaced only with export.overwrite=true).
 """
 
 import hydra
 
+from nemo_minitron import cli
 from nemo_minitron.config.store import register_configs
 from nemo_minitron.paths import conf_dir
 from nemo_minitron.train.recipe import run_from_hydra
@@ -32,4 +34,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -32,10 +32,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import hydra  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
-from nemo_minitron import runtime  # noqa: E402
-from nemo_minitron.config.store import register_configs  # noqa: E402
+from nemo_minitron import cli, runtime  # noqa: E402
+from nemo_minitron.config.store import register_configs, to_object  # noqa: E402
 from nemo_minitron.paths import conf_dir  # noqa: E402
 from nemo_minitron.prune.pipeline import run_prune  # noqa: E402
 
@@ -45,7 +44,7 @@ register_configs()
 @hydra.main(config_path=conf_dir(), config_name="megatron_prune", version_base=None)
 def main(cfg) -> None:
     # 1. typed config: targets are checked against the checkpoint before any model is built
-    job = OmegaConf.to_object(cfg)
+    job = to_object(cfg)
     # 2. calibrate at the requested TP/PP, score, slice, validate, save, report
     report = run_prune(job)
     # 3. one-line summary
@@ -58,4 +57,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -23,7 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import hydra  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from nemo_minitron.config.store import register_configs  # noqa: E402
+from nemo_minitron import cli  # noqa: E402
+from nemo_minitron.config.store import register_configs, to_object  # noqa: E402
 from nemo_minitron.paths import conf_dir  # noqa: E402
 
 register_configs()
@@ -47,6 +48,7 @@ def train(demo, work: Path, mode: str, student: Path, teacher: Path, prefix: str
     cfg.exp_manager.explicit_log_dir = str(work / "runs" / mode)
     cfg.exp_manager.checkpoint_every_n_steps = max(10, demo.train_steps // 3)
     cfg.export.save_path = str(work / f"student_{mode}")
+    cfg.export.overwrite = True
     return run(cfg)
 
 
@@ -59,7 +61,7 @@ def main(cfg) -> None:
     from nemo_minitron.models.params import count_parameters
     from nemo_minitron.train.evaluate import evaluate_checkpoint, heldout_batches
 
-    demo = OmegaConf.to_object(cfg).validate()
+    demo = to_object(cfg).validate()
     work = Path(hydra.utils.to_absolute_path(demo.work_dir))
     work.mkdir(parents=True, exist_ok=True)
     runtime.init_distributed()
@@ -132,4 +134,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

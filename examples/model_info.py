@@ -7,9 +7,10 @@
 import json
 
 import hydra
-from omegaconf import OmegaConf
 
-from nemo_minitron.config.store import register_configs
+from nemo_minitron import cli
+from nemo_minitron.config.model import ConfigError
+from nemo_minitron.config.store import register_configs, to_object
 from nemo_minitron.models.params import count_parameters
 from nemo_minitron.paths import conf_dir
 
@@ -18,14 +19,14 @@ register_configs()
 
 @hydra.main(config_path=conf_dir(), config_name="model_info", version_base=None)
 def main(cfg) -> None:
-    info = OmegaConf.to_object(cfg)
+    info = to_object(cfg)
     model = info.model.validate()
     counts = count_parameters(model)
     if info.output == "json":
         print(json.dumps({"model": model.arch_dict() | {"name": model.name}} | counts.to_dict()))
         return
     if info.output != "text":
-        raise SystemExit(f"output={info.output!r} must be text or json")
+        raise ConfigError(f"output={info.output!r} must be text or json")
     print(f"model: {model.name}")
     for key, value in model.arch_dict().items():
         print(f"  {key:38s} {value}")
@@ -36,4 +37,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -18,9 +18,9 @@ sentencepiece .model. Each document gets EOD (and BOS if the tokenizer wants one
 import json
 
 import hydra
-from omegaconf import OmegaConf
 
-from nemo_minitron.config.store import register_configs
+from nemo_minitron import cli
+from nemo_minitron.config.store import register_configs, to_object
 from nemo_minitron.paths import conf_dir
 
 register_configs()
@@ -29,7 +29,7 @@ register_configs()
 @hydra.main(config_path=conf_dir(), config_name="prepare_wikitext", version_base=None)
 def main(cfg) -> None:
     # 1. Typed, validated settings.
-    args = OmegaConf.to_object(cfg).validate()
+    args = to_object(cfg).validate()
 
     # 2. Tokenizer (loaded once here; each worker process loads its own copy).
     from nemo_minitron.data.preprocess import preprocess_corpus
@@ -52,4 +52,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -38,10 +38,9 @@ def world():
 @pytest.fixture(scope="session")
 def tiny_cfg():
     """The tiny Llama-style test model: 4 layers, hidden 64, 8 heads / 4 groups, vocab 256 (use .replace())."""
-    from nemo_minitron.config.model import ModelConfig
+    from tests.tiny import tiny
 
-    return ModelConfig(name="tiny", num_layers=4, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8,
-                       num_query_groups=4, vocab_size=256, max_position_embeddings=256)
+    return tiny()
 
 
 def pytest_collection_modifyitems(config, items):

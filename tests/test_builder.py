@@ -62,3 +62,41 @@ def test_causal(world, tiny_cfg):
 def test_layout_mismatch_is_refused(world, tiny_cfg):
     with pytest.raises(RuntimeError, match="tensor_model_parallel_size=2"):
         build_gpt_model(tiny_cfg.replace(tensor_model_parallel_size=2))
+
+
+def test_performance_defaults_gpu_on_cpu_off(tiny_cfg):
+    """Issue 9 deliver 3: SP, recompute and fusions default on for a GPU (TP>1 for SP) and off on CPU."""
+    from nemo_minitron.models.builder import performance_settings
+
+    tp2 = tiny_cfg.replace(tensor_model_parallel_size=2)
+    cpu = performance_settings(tp2, on_gpu=False, use_te=False)
+    assert not any(v for v in cpu.values()), cpu
+    gpu = performance_settings(tp2, on_gpu=True, use_te=True)
+    assert gpu["sequence_parallel"] and gpu["recompute_granularity"] == "selective"
+    assert all(gpu[k] for k in ("bias_activation_fusion", "bias_dropout_fusion", "masked_softmax_fusion",
+                                "apply_rope_fusion", "gradient_accumulation_fusion"))
+    local = performance_settings(tp2, on_gpu=True, use_te=False)  # kernels only TE/apex provide stay off
+    assert local["bias_activation_fusion"] and not local["apply_rope_fusion"] and not local["masked_softmax_fusion"]
+    assert not local["gradient_accumulation_fusion"]
+    assert not performance_settings(tiny_cfg, on_gpu=True, use_te=True)["sequence_parallel"]  # TP=1
+    relu = performance_settings(tiny_cfg.replace(activation="relu"), on_gpu=True, use_te=True)
+    assert not relu["bias_activation_fusion"]  # megatron-core only fuses gelu/silu
+    full = performance_settings(tp2.replace(activations_checkpoint_granularity="full", fusions=False,
+                                            sequence_parallel=False), on_gpu=True, use_te=True)
+    assert (full["recompute_granularity"], full["recompute_method"], full["recompute_num_layers"]) == ("full",
+                                                                                                        "uniform", 1)
+    assert not full["sequence_parallel"] and not full["bias_dropout_fusion"]
+
+
+def test_explicit_recompute_reaches_transformer_config(world, tiny_cfg):
+    from nemo_minitron.config.model import ConfigError
+    from nemo_minitron.models.builder import build_transformer_config
+
+    tc = build_transformer_config(tiny_cfg.replace(activations_checkpoint_granularity="full",
+                                                   activations_checkpoint_method="block",
+                                                   activations_checkpoint_num_layers=2))
+    assert (tc.recompute_granularity, tc.recompute_method, tc.recompute_num_layers) == ("full", "block", 2)
+    assert tc.sequence_parallel is False and tc.bias_activation_fusion is False  # CPU defaults
+    assert build_transformer_config(tiny_cfg).recompute_granularity is None  # auto = off on CPU
+    with pytest.raises(ConfigError, match="activations_checkpoint_granularity"):
+        tiny_cfg.replace(activations_checkpoint_granularity="some").validate()

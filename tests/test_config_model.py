@@ -98,3 +98,17 @@ def test_import_is_light():
     code = "import sys, nemo_minitron; print(any(m.startswith('megatron') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "False"
+
+
+def test_layout_block_carries_performance_keys():
+    """NeMo's model.sequence_parallel / activations_checkpoint_* keys reach the ModelConfig the builder reads."""
+    from nemo_minitron.config.model import LayoutConfig, apply_layout
+
+    block = LayoutConfig(tensor_model_parallel_size=2, sequence_parallel=True,
+                         activations_checkpoint_granularity="full", activations_checkpoint_method="block",
+                         activations_checkpoint_num_layers=2, fusions=False)
+    cfg = apply_layout(block, ModelConfig(num_layers=2))
+    assert (cfg.tensor_model_parallel_size, cfg.sequence_parallel, cfg.activations_checkpoint_granularity,
+            cfg.activations_checkpoint_method, cfg.activations_checkpoint_num_layers, cfg.fusions) == (
+        2, True, "full", "block", 2, False)
+    assert cfg.arch_dict() == ModelConfig(num_layers=2).arch_dict()  # runtime keys, not architecture

@@ -89,7 +89,7 @@ def test_single_file_bos_and_failed_run_is_atomic(setup, tmp_path):
         raise RuntimeError("reader died")
 
     with pytest.raises(RuntimeError, match="reader died"):
-        tokenize_to_indexed_dataset(broken(), tok, prefix, workers=2, progress=False)
+        tokenize_to_indexed_dataset(broken(), tok, prefix, workers=2, progress=False, overwrite=True)
     assert all(open(p, "rb").read() == data for p, data in before.values())
     assert sorted(os.listdir(tmp_path / "out")) == ["corpus_text_document.bin", "corpus_text_document.idx",
                                                     "corpus_text_document.meta.json"]

@@ -45,7 +45,7 @@ def test_vocab_parallel_kl_equals_dense(layouts):
     _, res = layouts
     for name, r in res["kl_tp2"].items():
         assert r["loss_diff"] < 1e-5 * max(1.0, abs(r["loss"])), (name, r)
-        assert r["grad_diff"] < 1e-6, (name, r)
+        assert r["grad_diff"] < 1e-6 * max(1.0, r["grad_max"]), (name, r)  # fp32 rounding of the largest entry
 
 
 @pytest.mark.multiproc

@@ -136,7 +136,7 @@ def test_atomic_output_dir(tmp_path):
     with pytest.raises(OutputExistsError):
         with atomic_output_dir(tmp_path / "out"):
             pass
-    with atomic_output_dir(tmp_path / "out", overwrite=True) as tmp:
+    with atomic_output_dir(tmp_path / "out", overwrite=True, markers=("done",)) as tmp:
         (tmp / "new").write_text("2")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["new"]
 

@@ -189,3 +189,80 @@ def test_bf16_source_roundtrips_bitwise(world, tmp_path):
     a, b = load_file(tmp_path / "hf" / "model.safetensors"), load_file(out / "model.safetensors")
     assert sorted(a) == sorted(b)
     assert all(b[k].dtype == torch.bfloat16 and torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- export metadata (RoPE, special tokens)
+
+
+def test_export_writes_both_rope_spellings_and_runs_in_transformers(world, tmp_path):
+    """transformers 4.57 / vLLM read top-level rope_theta + rope_scaling, transformers 5 rope_parameters."""
+    import transformers
+
+    from nemo_minitron.interop.hf import export_hf, import_hf
+
+    src = make_hf_model("llama", tmp_path / "hf")  # Llama-3.1 RoPE scaling, theta 5e5
+    ref = hf_logits(src)
+    out = export_hf(import_hf(tmp_path / "hf", tmp_path / "ckpt"), tmp_path / "out")
+    cfg = json.loads((out / "config.json").read_text())
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    assert cfg["rope_theta"] == 500000.0 and cfg["rope_scaling"] == scaling
+    assert cfg["rope_parameters"] == scaling | {"rope_theta": 500000.0}
+    loaded = transformers.AutoConfig.from_pretrained(str(out))
+    params = getattr(loaded, "rope_parameters", None) or (loaded.rope_scaling | {"rope_theta": loaded.rope_theta})
+    assert params["rope_theta"] == 500000.0 and params["rope_type"] == "llama3" and params["factor"] == 8.0
+    assert torch.equal(hf_logits(out), ref)
+
+    make_hf_model("qwen2", tmp_path / "q")
+    plain = export_hf(import_hf(tmp_path / "q", tmp_path / "qc"), tmp_path / "qo")
+    qcfg = json.loads((plain / "config.json").read_text())
+    assert qcfg["rope_theta"] == 1000000.0 and qcfg["rope_scaling"] is None
+    assert qcfg["rope_parameters"] == {"rope_type": "default", "rope_theta": 1000000.0}
+
+
+def test_special_tokens_survive_a_resave_without_hf_metadata(world, tmp_path):
+    """A step that drops the import's hf metadata (prune, distill, re-save) still exports the source's ids,
+    read from the carried tokenizer's generation_config.json; not Llama's defaults 1/2."""
+    from nemo_minitron.checkpoint import read_metadata
+    from nemo_minitron.interop.convert import convert
+
+    make_hf_model("llama_tied", tmp_path / "hf")
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    cfg.update(bos_token_id=0, eos_token_id=0, pad_token_id=None)
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "hf" / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": 0}))
+    first = convert(tmp_path / "hf", "hf", tmp_path / "m1", "megatron")
+    again = convert(first, "megatron", tmp_path / "m2", "megatron")
+    assert "hf" not in (read_metadata(again).get("extra") or {})
+    out = convert(again, "megatron", tmp_path / "out", "hf")
+    got = json.loads((out / "config.json").read_text())
+    assert (got["bos_token_id"], got["eos_token_id"], got["pad_token_id"]) == (0, 0, None)
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 0
+
+
+def test_generation_config_written_from_source_ids(world, tmp_path):
+    from nemo_minitron.interop.hf import export_hf, import_hf
+
+    make_hf_model("qwen3", tmp_path / "hf")
+    (tmp_path / "hf" / "generation_config.json").unlink(missing_ok=True)
+    out = export_hf(import_hf(tmp_path / "hf", tmp_path / "ckpt"), tmp_path / "out")
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert (gen["bos_token_id"], gen["eos_token_id"]) == (1, 2)
+
+
+def test_remote_code_of_unsupported_architecture_never_runs(tmp_path):
+    from nemo_minitron.interop.hf import read_hf_config
+
+    marker = tmp_path / "ran"
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "evil", "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}}))
+    (tmp_path / "configuration_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('x')\n"
+        "from transformers import PretrainedConfig\n"
+        "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n")
+    with pytest.raises(ConfigError, match="model_type='evil' is not supported.*no code shipped"):
+        read_hf_config(tmp_path, trust_remote_code=True)
+    assert not marker.exists()
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="config.json is not valid JSON"):
+        read_hf_config(tmp_path)

@@ -13,6 +13,7 @@ from nemo_minitron.prune.importance import BatchAccumulator, aggregate, cosine_s
 from nemo_minitron.prune.ranking import attention_order, best_block, descending_order, select_attention, top_k
 from nemo_minitron.prune.search import enumerate_candidates
 from nemo_minitron.prune.validate import validate_targets
+from tests.tiny import tiny
 
 
 def test_aggregation_numbers_with_mask():
@@ -78,18 +79,18 @@ def test_ranking_ties_and_gqa():
 
 
 def test_depth_selection():
-    assert block_candidates(5, 2) == [[1, 2], [2, 3], [3, 4]]
-    cos = {1: 0.9, 2: 0.1, 3: 0.2, 4: 0.8}
-    assert select_drop("cosine", 4, 2, cos) == [2, 3]
-    assert select_drop("layer_loss", 4, 3, cos, layer_loss={1: 9.0, 2: 5.0, 3: 4.0, 4: 7.0}) == [3]
-    assert select_drop("block_loss", 4, 2, cos, block_loss={1: 3.0, 2: 2.5, 3: 2.5}) == [2, 3]
-    assert best_block({1: 1.0, 2: 0.5}, 3) == [2, 3, 4]
-    assert kept_layers(4, [2, 3]) == [0, 3]
+    # layers are 0-based inside the library; a block never contains the last layer
+    assert block_candidates(5, 2) == [[0, 1], [1, 2], [2, 3]]
+    cos = {0: 0.9, 1: 0.1, 2: 0.2, 3: 0.8}
+    assert select_drop("cosine", 4, 2, cos) == [1, 2]
+    assert select_drop("layer_loss", 4, 3, cos, layer_loss={0: 9.0, 1: 5.0, 2: 4.0, 3: 7.0}) == [2]
+    assert select_drop("block_loss", 4, 2, cos, block_loss={0: 3.0, 1: 2.5, 2: 2.5}) == [1, 2]
+    assert best_block({0: 1.0, 1: 0.5}, 3) == [1, 2, 3]
+    assert kept_layers(4, [1, 2]) == [0, 3]
 
 
 def test_budget_search_respects_budget_and_divisors():
-    cfg = ModelConfig(num_layers=4, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8, num_query_groups=4,
-                      vocab_size=256)
+    cfg = tiny()
     target = int(count_parameters(cfg).total * 0.7)
     cands = enumerate_candidates(cfg, target, tolerance=0.1, top_k=5, hidden_divisor=16, ffn_divisor=32, tp=2)
     assert cands and len(cands) <= 5
@@ -98,11 +99,21 @@ def test_budget_search_respects_budget_and_divisors():
         shape = cfg.replace(hidden_size=c.hidden_size, ffn_hidden_size=c.ffn_hidden_size, num_layers=c.num_layers,
                             kv_channels=cfg.head_dim)
         assert count_parameters(shape).total == c.params
-    assert [c.params for c in cands] == sorted((c.params for c in cands), reverse=True)
+    # independent brute force over the documented grid (widths and depth down to 50%): the candidates are the
+    # top_k shapes closest below the budget, closest first; the wide tolerance makes the top_k cut matter
+    grid = [(h, f, n) for h in (32, 48, 64) for f in (64, 96, 128) for n in (2, 3, 4)]
+    shapes = sorted(((count_parameters(cfg.replace(hidden_size=h, ffn_hidden_size=f, num_layers=n,
+                                                   kv_channels=cfg.head_dim)).total, f, n, h) for h, f, n in grid),
+                    reverse=True)
+    for tolerance, k in ((0.1, 5), (0.6, 4)):
+        want = [s for s in shapes if target * (1 - tolerance) <= s[0] <= target]
+        got = enumerate_candidates(cfg, target, tolerance=tolerance, top_k=k, hidden_divisor=16, ffn_divisor=32,
+                                   tp=2)
+        assert [(c.params, c.ffn_hidden_size, c.num_layers, c.hidden_size) for c in got] == want[:k]
+    assert len(want) > k
 
 
-TINY = ModelConfig(num_layers=4, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8, num_query_groups=4,
-                   vocab_size=256, max_position_embeddings=256, tensor_model_parallel_size=2)
+TINY = tiny(tensor_model_parallel_size=2)
 
 
 @pytest.mark.parametrize("changes, needle", [

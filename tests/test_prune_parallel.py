@@ -1,4 +1,9 @@
-"""Scores, kept indices and pruned weights are the same at TP=1, DP=2, TP=2, PP=2 and TP=2×PP=2."""
+"""Scores, kept indices and pruned weights are the same at TP=1, DP=2, TP=2, PP=2 and TP=2×PP=2.
+
+Surgery runs at the layout (sharded) whenever the pruned shape fits it, including layers that move
+to another pipeline stage; a shape that does not fit PP falls back to a replicated copy. Either way
+the saved weights equal a TP=1 prune's bit for bit.
+"""
 
 import json
 
@@ -7,7 +12,8 @@ import torch
 
 from nemo_minitron.models.forward import forward_logits
 from tests.launch import REPO, torchrun
-from tests.workers.prune_layouts import TOKENS, job_for
+from tests.tiny import tiny
+from tests.workers.prune_layouts import TOKENS, VARIANTS, job_for
 
 pytestmark = pytest.mark.multiproc
 
@@ -46,13 +52,11 @@ def _state(path):
 def test_prune_is_layout_independent(tmp_path):
     from nemo_minitron import runtime
     from nemo_minitron.checkpoint import save_checkpoint
-    from nemo_minitron.config.model import ModelConfig
     from nemo_minitron.models.builder import build_gpt_model
     from nemo_minitron.prune.pipeline import run_prune
 
     runtime.init_model_parallel(1, 1, seed=3)
-    cfg = ModelConfig(name="tiny", num_layers=4, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8,
-                      num_query_groups=4, vocab_size=256, max_position_embeddings=256)
+    cfg = tiny()
     save_checkpoint(build_gpt_model(cfg), cfg, tmp_path / "ckpt")
     g = torch.Generator().manual_seed(9)
     tokens = torch.randint(0, 256, (32, 32), generator=g)
@@ -60,26 +64,33 @@ def test_prune_is_layout_independent(tmp_path):
     mask[1::4, 20:] = False
     torch.save({"tokens": tokens, "mask": mask}, tmp_path / "calib.pt")
 
-    run_prune(job_for(tmp_path, 1, 1, "ref"))
-    ref = json.loads((tmp_path / "ref" / "pruning_report.json").read_text())
-    results = torchrun(WORKER, 2, [str(tmp_path), "1x1,2x1,1x2"], timeout=400)
-    results += torchrun(WORKER, 4, [str(tmp_path), "2x2"], timeout=400)
+    for variant in VARIANTS:
+        run_prune(job_for(tmp_path, 1, 1, "ref" if variant == "width" else f"ref_{variant}", variant))
+    refs = {v: json.loads((tmp_path / ("ref" if v == "width" else f"ref_{v}") / "pruning_report.json").read_text())
+            for v in VARIANTS}
+    results = torchrun(WORKER, 2, [str(tmp_path), "1x1,2x1,1x2,1x2@drop,1x2@three"], timeout=500)
+    results += torchrun(WORKER, 4, [str(tmp_path), "2x2,2x2@drop"], timeout=500)
     tp2 = [r.pop("tp2_logits") for r in results if "tp2_logits" in r]
     results = [r for r in results if r]
     assert len(tp2) == 2
-    assert sorted(r["layout"] + f"/w{r['world']}" for r in results) == ["1x1/w2", "1x2/w2", "2x1/w2", "2x2/w4"]
-    ref_state = _state(tmp_path / "ref")
+    assert sorted(f"{r['layout']}@{r['variant']}/w{r['world']}" for r in results) == [
+        "1x1@width/w2", "1x2@drop/w2", "1x2@three/w2", "1x2@width/w2", "2x1@width/w2", "2x2@drop/w4",
+        "2x2@width/w4"]
+    assert refs["drop"]["kept"]["kept_layers"] == [3, 4] and refs["three"]["pruned_config"]["num_layers"] == 3
+    ref_states = {v: _state(tmp_path / ("ref" if v == "width" else f"ref_{v}")) for v in VARIANTS}
     ref_logits = forward_logits(_model(tmp_path / "ref"), TOKENS)
     for logits in tp2:  # the pruned checkpoint gives the same logits at TP=2
         torch.testing.assert_close(torch.tensor(logits), ref_logits, atol=1e-5, rtol=1e-5)
     for r in results:
         rep = json.loads((tmp_path / r["out"] / "pruning_report.json").read_text())
-        tag = r["out"]
+        tag, ref, ref_state = r["out"], refs[r["variant"]], ref_states[r["variant"]]
         assert rep["layout"]["world_size"] == r["world"]
+        assert rep["layout"]["sharded_surgery"] is (r["variant"] != "three"), tag
         assert rep["kept"] == ref["kept"], tag
         assert rep["dropped"] == ref["dropped"], tag
         assert rep["pruned_config"] == ref["pruned_config"], tag
-        _close(rep["scores"], ref["scores"], tag)
+        if r["variant"] != "drop":  # drop_layers alone computes no scores
+            _close(rep["scores"], ref["scores"], tag)
         state = _state(tmp_path / r["out"])
         assert state.keys() == ref_state.keys()
         for k in state:

@@ -18,6 +18,7 @@ from nemo_minitron.prune.hooks import ImportanceCollector
 from nemo_minitron.prune.importance import aggregate
 from nemo_minitron.prune.plan import make_plan, permutation_plan
 from nemo_minitron.prune.surgery import prune_state_dict
+from tests.tiny import tiny
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 
@@ -30,9 +31,7 @@ VARIANTS = {
 
 
 def _cfg(**kw):
-    base = dict(name="tiny", num_layers=4, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8,
-                num_query_groups=4, vocab_size=256, max_position_embeddings=256)
-    return ModelConfig(**(base | kw))
+    return tiny(**kw)
 
 
 def _data(n=12, seq=24, seed=0):
@@ -79,11 +78,40 @@ def _zeroed(model, cfg, ffn=None, heads=None, layers=()):
                 for h in range(cfg.num_attention_heads):
                     if h not in set(heads[i]):
                         layer.self_attention.linear_proj.weight[:, h * d:(h + 1) * d] = 0
-            if i + 1 in layers:
+            if i in layers:
                 for lin in (layer.self_attention.linear_proj, layer.mlp.linear_fc2):
                     lin.weight.zero_()
                     if getattr(lin, "bias", None) is not None:
                         lin.bias.zero_()
+    return z
+
+
+def _hidden_zeroed(z, cfg, kept):
+    """``z`` with hidden channels outside ``kept`` zeroed where written and norms taken over ``kept`` only."""
+    kept = torch.tensor(sorted(kept))
+    drop = torch.tensor([c for c in range(cfg.hidden_size) if c not in set(kept.tolist())])
+
+    def norm_over_kept(m, args, out):
+        x = args[0][..., kept]
+        bias = m.bias[kept] if getattr(m, "bias", None) is not None else None
+        if cfg.normalization == "LayerNorm":
+            y = torch.nn.functional.layer_norm(x, (len(kept),), m.weight[kept], bias, cfg.layernorm_epsilon)
+        else:
+            y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg.layernorm_epsilon) * m.weight[kept]
+        full = torch.zeros_like(out)
+        full[..., kept] = y
+        return full
+
+    with torch.no_grad():
+        z.embedding.word_embeddings.weight[:, drop] = 0
+        for layer in z.decoder.layers:
+            for lin in (layer.self_attention.linear_proj, layer.mlp.linear_fc2):
+                lin.weight[drop, :] = 0
+                if getattr(lin, "bias", None) is not None:
+                    lin.bias[drop] = 0
+    for m in [n for layer in z.decoder.layers for n in (layer.input_layernorm, layer.pre_mlp_layernorm)] + \
+            [z.decoder.final_layernorm]:
+        m.register_forward_hook(norm_over_kept)
     return z
 
 
@@ -108,12 +136,12 @@ def test_collector_matches_reference_aggregation():
     for h in hooks:
         h.remove()
     scores = collector.finalize()
-    torch.testing.assert_close(scores.ffn[2], aggregate(seen["ffn"], data.mask))
-    torch.testing.assert_close(scores.attn_channels[2], aggregate(seen["attn"], data.mask))
-    torch.testing.assert_close(scores.hidden_sites[2][1], aggregate(seen["hid1"], data.mask))
+    torch.testing.assert_close(scores.ffn[1], aggregate(seen["ffn"], data.mask))
+    torch.testing.assert_close(scores.attn_channels[1], aggregate(seen["attn"], data.mask))
+    torch.testing.assert_close(scores.hidden_sites[1][1], aggregate(seen["hid1"], data.mask))
     cos = torch.nn.functional.cosine_similarity(seen["hin"], seen["hout"], dim=-1).t()[data.mask]
-    assert scores.layer_cosine[2] == pytest.approx(float((1 - cos).mean()), rel=1e-5)
-    assert scores.hidden.shape == (64,) and scores.heads(2).shape == (8,) and scores.groups(2).shape == (4,)
+    assert scores.layer_cosine[1] == pytest.approx(float((1 - cos).mean()), rel=1e-5)
+    assert scores.hidden.shape == (64,) and scores.heads(1).shape == (8,) and scores.groups(1).shape == (4,)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -136,8 +164,8 @@ def test_pruned_model_equals_original_with_units_zeroed(variant):
         "ffn": dict(ffn=48),
         "heads": dict(heads=4),
         "groups": dict(groups=2),
-        "layers": dict(drop=[2, 4]),
-        "all": dict(ffn=32, heads=2, groups=2, drop=[3]),
+        "layers": dict(drop=[1, 3]),
+        "all": dict(ffn=32, heads=2, groups=2, drop=[2]),
     }
     for name, targets in cases.items():
         plan = make_plan(cfg, scores, **targets)
@@ -154,7 +182,10 @@ def test_pruned_model_equals_original_with_units_zeroed(variant):
     pruned, new_cfg = _rebuild(model, cfg, plan)
     assert (new_cfg.hidden_size, new_cfg.num_attention_heads, new_cfg.num_query_groups, new_cfg.kv_channels) == \
         (40, 4, 2, 8)
-    assert forward_logits(pruned, TOKENS).isfinite().all()
+    # reference: the original model with the dropped hidden channels zeroed in the residual stream and every
+    # norm computed over the kept channels only (hooks), so only the kept channels carry signal
+    want = forward_logits(_hidden_zeroed(_zeroed(model, cfg, heads=plan.heads), cfg, plan.hidden), TOKENS)
+    torch.testing.assert_close(forward_logits(pruned, TOKENS), want, atol=2e-5, rtol=1e-5, msg=variant)
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +254,12 @@ def test_budget_search_ranks_candidates(tiny_ckpt):
     ranking = rep["search"]
     assert 1 <= len(ranking) <= 3
     assert [r["val_loss"] for r in ranking] == sorted(r["val_loss"] for r in ranking)
+    # the ranked numbers are real: pruning straight to the last-ranked shape gives its validation loss
+    last, orig = ranking[-1], _cfg()
+    targets = {k: last[k] for k in ("ffn_hidden_size", "hidden_size", "num_layers") if last[k] != getattr(orig, k)}
+    assert targets and last["val_loss"] > ranking[0]["val_loss"]
+    direct = run_prune(_job(root, "search_last", cache=str(root / "scores.pt"), depth_method="cosine", **targets))
+    assert direct["validation"]["loss_after"] == pytest.approx(last["val_loss"], rel=1e-6)
     best = ranking[0]
     assert rep["params"]["pruned"]["num_parameters"] == best["params"] <= target
     assert rep["validation"]["loss_after"] == pytest.approx(best["val_loss"], abs=1e-12)
@@ -252,6 +289,6 @@ def test_cli_drop_layers_matches_skipping_layers(tiny_ckpt):
     assert report["validation"]["num_samples"] == 8 and report["importance"]["val_data"].endswith("calib.pt")
     pruned, _ = _weights(root / "dropped")
     original, _ = _weights(root / "ckpt")
-    with skip_layers(original, [2, 4]):
+    with skip_layers(original, [1, 3]):  # 0-based: layer numbers 2 and 4
         want = forward_logits(original, TOKENS)
     torch.testing.assert_close(forward_logits(pruned, TOKENS), want, atol=1e-5, rtol=1e-5)

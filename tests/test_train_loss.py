@@ -71,3 +71,34 @@ def test_step_loss_and_grads_match_dense_reference(world, ckpts, mode, kd):
     for name in ("output_layer.weight", "decoder.layers.0.mlp.linear_fc1.weight", "embedding.word_embeddings.weight"):
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-7)
     tr.close()
+
+
+@pytest.mark.parametrize("optim", ["adam", "distributed_fused_adam"])
+def test_weight_decay_skips_norms_and_biases(world, tmp_path, optim):
+    """One optimizer step with weight_decay > 0: norm weights and biases get the pure Adam update, matrices decay.
+
+    First Adam step: ``m_hat = g``, ``v_hat = g**2``, so the update is ``lr * g / (|g| + eps)``; decoupled
+    weight decay adds ``lr * wd * p``.
+    """
+    lr, wd, eps = 1e-2, 0.5, 1e-8
+    scfg = tiny(num_layers=2, add_bias_linear=True, add_qkv_bias=True)
+    cfg = train_cfg("finetune", optim=optim, seq=24)
+    cfg.model.optim.lr, cfg.model.optim.weight_decay, cfg.model.optim.eps = lr, wd, eps
+    cfg.model.optim.sched.name, cfg.model.optim.sched.warmup_steps, cfg.model.optim.sched.min_lr = "constant", 0, lr
+    cfg.trainer.gradient_clip_val = 0.0
+    tr = build_trainer(cfg, world, scfg, tmp_path / "run")
+    params = {n.removeprefix("module."): p for n, p in tr.ddp.named_parameters()}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    tr.train_step([_batch()])
+    names = {"norm": "decoder.layers.0.input_layernorm.weight", "bias": "decoder.layers.0.mlp.linear_fc1.bias",
+             "qkv_bias": "decoder.layers.1.self_attention.linear_qkv.bias",
+             "final_norm": "decoder.final_layernorm.weight", "matrix": "decoder.layers.0.mlp.linear_fc1.weight",
+             "embedding": "embedding.word_embeddings.weight"}
+    for kind, name in names.items():
+        g = params[name].main_grad
+        assert g.abs().max() > 0, name
+        adam = lr * g / (g.abs() + eps)
+        decay = lr * wd * before[name] if kind in ("matrix", "embedding") else 0.0
+        torch.testing.assert_close(params[name].detach(), before[name] - adam - decay, rtol=0, atol=1e-6,
+                                   msg=lambda m, n=name: f"{n}: {m}")
+    tr.close()

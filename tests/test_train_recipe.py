@@ -95,12 +95,16 @@ def test_distill_export_resume_and_tensorboard(setup):
     events = EventAccumulator(str(setup["root"] / "run" / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/logits_loss", "train/lm_loss", "train/lr", "train/grad_norm", "train/tokens_per_s",
+    assert {"train/loss", "train/logits_loss", "train/kd_loss", "train/lr", "train/grad_norm", "train/tokens_per_s",
             "val/loss", "val/ppl"} <= tags
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
     assert [s for s, _ in checkpointing.list_checkpoints(setup["root"] / "run")] == [3]
-    # the same command with a raised max_steps resumes from step 3 and runs 2 more steps
-    cfg = _cfg(setup, steps=5)
+    # the same command with a raised max_steps resumes from step 3 and runs 2 more steps; the existing
+    # export is refused before any training unless export.overwrite=true
+    with pytest.raises(ConfigError, match="export.save_path.*overwrite=true"):
+        run(_cfg(setup, steps=5))
+    assert [s for s, _ in checkpointing.list_checkpoints(setup["root"] / "run")] == [3]
+    cfg = _cfg(setup, steps=5, **{"export.overwrite": True})
     res2 = run(cfg)
     assert res2.status == "completed" and res2.step == 5
     assert [s for s, _ in checkpointing.list_checkpoints(setup["root"] / "run")] == [3, 5]
@@ -117,6 +121,7 @@ def test_sigterm_saves_and_stops_and_keep_last_k(setup):
 
     cfg = _cfg(setup, mode="finetune", steps=6, run="sig", **{"exp_manager.checkpoint_every_n_steps": 1,
                                                              "exp_manager.keep_last_k": 2})
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     Trainer.fit = fit_with_sigterm
     try:
         res = recipe.run(cfg)
@@ -124,8 +129,7 @@ def test_sigterm_saves_and_stops_and_keep_last_k(setup):
         Trainer.fit = fit
     assert res.status == "preempted" and res.step == 3 and res.export_path is None
     assert [s for s, _ in checkpointing.list_checkpoints(setup["root"] / "sig")] == [2, 3]
-    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler) or \
-        callable(signal.getsignal(signal.SIGTERM))
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # handlers restored
     res = recipe.run(cfg)
     assert res.status == "completed" and res.step == 6
     assert [s for s, _ in checkpointing.list_checkpoints(setup["root"] / "sig")] == [5, 6]
@@ -203,3 +207,52 @@ def test_launch_scripts_with_nemo_keys(setup):
     assert p.returncode == 0, p.stdout + p.stderr
     assert (root / "nemo_experiments" / "megatron_finetune" / "checkpoints" / "step_0000001" / "COMPLETE").is_file()
     assert read_metadata(root / "cli_ft")["extra"]["trained_by"] == "finetune"
+
+
+def test_resume_with_different_settings_is_refused_naming_the_keys(setup):
+    from nemo_minitron.train.recipe import run
+
+    res = run(_cfg(setup, steps=1, run="same_dir"))
+    assert res.status == "completed"
+    changed = _cfg(setup, steps=2, run="same_dir", **{"kd.temperature": 3.0, "model.optim.lr": 1e-2})
+    with pytest.raises(ConfigError, match=r"different settings: kd.temperature: saved 1.0, now 3.0; "
+                                          r"model.optim.lr: saved 0.003, now 0.01"):
+        run(changed)
+    # keys a resume may change (length, logging, outputs) are accepted
+    res = run(_cfg(setup, steps=2, run="same_dir", **{"trainer.log_every_n_steps": 5}))
+    assert res.status == "completed" and res.step == 2
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 75), (signal.SIGINT, 130)])
+def test_launch_script_stop_signal_saves_and_exits_with_documented_code(setup, sig, code):
+    """SIGTERM (SLURM pre-emption) exits 75 for a requeue, Ctrl-C exits 130; both save, no traceback."""
+    import time
+
+    from nemo_minitron.train import signals
+
+    assert (signals.PREEMPTED_EXIT_CODE, signals.INTERRUPTED_EXIT_CODE) == (75, 130)
+    root = setup["root"]
+    run_dir = root / f"cli_sig{int(sig)}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, str(REPO / "examples" / "megatron_finetune.py"), f"model.restore_from_path={root}/student",
+           f"model.data.data_prefix=[{setup['train']}]", "model.data.splits_string='80,20,0'",
+           "model.micro_batch_size=2", "model.global_batch_size=2", "model.encoder_seq_length=32",
+           "trainer.max_steps=500", "trainer.val_check_interval=0", "exp_manager.checkpoint_every_n_steps=1",
+           f"export.save_path={root}/cli_sig_export", f"exp_manager.explicit_log_dir={run_dir}",
+           f"hydra.run.dir={root}/hydra_sig"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+    try:
+        deadline = time.time() + 240
+        while not (run_dir / "checkpoints" / "step_0000001" / "COMPLETE").is_file():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, out + err
+    assert "Traceback" not in err and "run the same command to resume" in err, err[-2000:]
+    steps = [s for s, _ in checkpointing.list_checkpoints(run_dir)]
+    assert steps and steps[-1] < 500 and not (root / "cli_sig_export").exists()

@@ -1,7 +1,7 @@
 """Typed configs of the data pipeline: training data, calibration data, preprocessing, corpus fetching.
 
-``DataConfig`` is the ``data`` group (``conf/data/*.yaml``) used by training/distillation;
-``CalibrationDataConfig`` describes importance-estimation samples; ``PrepareWikitextConfig`` and
+``DataConfig`` is the ``data`` group (``conf/data/*.yaml``) used by training/distillation (calibration
+samples of pruning are ``prune.calib_*`` in :mod:`nemo_minitron.config.prune`); ``PrepareWikitextConfig`` and
 ``FetchWikipediaConfig`` are the schemas of ``examples/prepare_wikitext.py`` and
 ``examples/fetch_wikipedia_excerpt.py``.
 """
@@ -103,34 +103,6 @@ class DataConfig:
 
 
 @dataclass
-class CalibrationDataConfig:
-    """Samples for activation-importance estimation (see ``nemo_minitron.data.calibration``)."""
-
-    source: str = MISSING
-    """Dataset prefix (PREFIX.bin/.idx) or a raw .txt / .jsonl / WikiText .raw file."""
-
-    num_samples: int = 64
-    """Number of samples drawn."""
-
-    seq_length: int = 512
-    """Tokens per sample."""
-
-    seed: int = 1234
-    """Seed of the (deterministic) sample selection."""
-
-    tokenizer: Optional[str] = None
-    """Tokenizer path; needed only when ``source`` is raw text."""
-
-    def validate(self, prefix: str = "calibration") -> "CalibrationDataConfig":
-        """Check values; raise :class:`ConfigError` naming the key."""
-        if self.num_samples < 1:
-            raise ConfigError(f"{prefix}.num_samples={self.num_samples} must be >= 1")
-        if self.seq_length < 1:
-            raise ConfigError(f"{prefix}.seq_length={self.seq_length} must be >= 1")
-        return self
-
-
-@dataclass
 class PrepareWikitextConfig:
     """``examples/prepare_wikitext.py``: tokenize a corpus into megatron ``.bin``/``.idx`` datasets."""
 
@@ -159,7 +131,7 @@ class PrepareWikitextConfig:
     chunk_docs: int = 16
     """Documents per task sent to a worker."""
 
-    overwrite: bool = True
+    overwrite: bool = False
     """Replace existing output files (written atomically)."""
 
     progress: bool = True
@@ -212,4 +184,3 @@ def register(cs) -> None:
     cs.store(name="prepare_wikitext_schema", node=PrepareWikitextConfig)
     cs.store(name="fetch_wikipedia_schema", node=FetchWikipediaConfig)
     cs.store(group="data", name="schema", node=DataConfig)
-    cs.store(group="calibration", name="schema", node=CalibrationDataConfig)

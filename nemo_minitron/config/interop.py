@@ -7,7 +7,7 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from nemo_minitron.config.model import PRECISIONS, ConfigError
+from nemo_minitron.config.model import PRECISIONS, TRANSFORMER_IMPLS, ConfigError
 
 
 @dataclass
@@ -23,6 +23,10 @@ class ConvertModelConfig:
     precision: str = "auto"
     """Dtype of the megatron model during conversion: auto (fp32 on CPU, bf16 on GPU), fp32, bf16 or fp16."""
 
+    transformer_impl: str = "auto"
+    """Layer spec of the megatron model during conversion: auto (Transformer Engine on a GPU when importable,
+    else local), local or transformer_engine. The written checkpoint loads into either spec."""
+
 
 @dataclass
 class ConvertConfig:
@@ -32,13 +36,13 @@ class ConvertConfig:
     """Input: HF model dir, .gguf file (or the shortcut `smollm2`), NeMo 2 dir (or a tar of one), megatron checkpoint."""
 
     input_format: str = "hf"
-    """hf, gguf, nemo2 or megatron."""
+    """hf, gguf, nemo2 (NeMo 2 directory), nemo (NeMo 1 .nemo archive or extracted directory) or megatron."""
 
     output_path: str = MISSING
     """Output directory (written atomically; must not exist unless overwrite=true)."""
 
     output_format: str = "megatron"
-    """hf, nemo2 or megatron."""
+    """hf, nemo2, nemo (a .nemo archive when output_path ends in .nemo, else a directory) or megatron."""
 
     model: ConvertModelConfig = field(default_factory=ConvertModelConfig)
     """Parallel layout and dtype of the megatron model."""
@@ -79,6 +83,9 @@ class ConvertConfig:
                 raise ConfigError(f"model.{key}={getattr(self.model, key)} must be a positive integer")
         if self.model.precision not in PRECISIONS:
             raise ConfigError(f"model.precision={self.model.precision!r} must be one of {list(PRECISIONS)}")
+        if self.model.transformer_impl not in TRANSFORMER_IMPLS:
+            raise ConfigError(f"model.transformer_impl={self.model.transformer_impl!r} must be one of "
+                              f"{list(TRANSFORMER_IMPLS)}")
         if self.hf_model_type is not None and self.hf_model_type not in ARCHITECTURES:
             raise ConfigError(f"hf_model_type={self.hf_model_type!r} must be one of {sorted(ARCHITECTURES)} or null")
         if self.dtype != "auto" and self.dtype not in DTYPES:

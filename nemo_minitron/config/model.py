@@ -20,6 +20,11 @@ RUNTIME_FIELDS = (
     "pipeline_model_parallel_size",
     "precision",
     "transformer_impl",
+    "sequence_parallel",
+    "activations_checkpoint_granularity",
+    "activations_checkpoint_method",
+    "activations_checkpoint_num_layers",
+    "fusions",
     "restore_from_path",
     "seed",
 )
@@ -29,6 +34,8 @@ ACTIVATIONS = ("silu", "gelu", "relu", "squared_relu")
 POSITION_EMBEDDINGS = ("rope", "learned_absolute", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")
+RECOMPUTE_GRANULARITIES = ("auto", "selective", "full", None)
+RECOMPUTE_METHODS = ("uniform", "block", None)
 
 
 class ConfigError(ValueError):
@@ -117,6 +124,25 @@ class ModelConfig:
     transformer_impl: str = "auto"
     """Layer spec: auto (Transformer Engine when importable, else local), local or transformer_engine."""
 
+    sequence_parallel: Optional[bool] = None
+    """Sequence parallelism (NeMo key): split norms, dropouts and residuals along the sequence over TP ranks.
+    null: on when a GPU is present and tensor_model_parallel_size > 1, off on CPU."""
+
+    activations_checkpoint_granularity: Optional[str] = "auto"
+    """Activation recompute (NeMo key): selective (core attention), full (whole layers) or null (off).
+    auto: selective on a GPU, off on CPU."""
+
+    activations_checkpoint_method: Optional[str] = None
+    """With granularity full: uniform (every activations_checkpoint_num_layers layers) or block (the first
+    activations_checkpoint_num_layers layers of each stage). null means uniform."""
+
+    activations_checkpoint_num_layers: Optional[int] = None
+    """Layers per recompute chunk (uniform) or recomputed layers per stage (block) with granularity full; null means 1."""
+
+    fusions: Optional[bool] = None
+    """Fused kernels: bias-activation, bias-dropout, masked softmax, and with Transformer Engine also RoPE and
+    gradient-accumulation fusion. null: on when a GPU is present, off on CPU (they need CUDA)."""
+
     restore_from_path: Optional[str] = None
     """Checkpoint to load (megatron dist-checkpoint directory written by nemo_minitron)."""
 
@@ -157,6 +183,14 @@ class ModelConfig:
             fail(f"{prefix}.precision={self.precision!r} must be one of {list(PRECISIONS)}")
         if self.transformer_impl not in TRANSFORMER_IMPLS:
             fail(f"{prefix}.transformer_impl={self.transformer_impl!r} must be one of {list(TRANSFORMER_IMPLS)}")
+        if self.activations_checkpoint_granularity not in RECOMPUTE_GRANULARITIES:
+            fail(f"{prefix}.activations_checkpoint_granularity={self.activations_checkpoint_granularity!r} must be "
+                 "one of auto, selective, full or null")
+        if self.activations_checkpoint_method not in RECOMPUTE_METHODS:
+            fail(f"{prefix}.activations_checkpoint_method={self.activations_checkpoint_method!r} must be one of "
+                 "uniform, block or null")
+        if self.activations_checkpoint_num_layers is not None and self.activations_checkpoint_num_layers < 1:
+            fail(f"{prefix}.activations_checkpoint_num_layers={self.activations_checkpoint_num_layers} must be positive")
         if self.num_query_groups is not None and (self.num_query_groups < 1
                                                   or self.num_attention_heads % self.num_query_groups):
             fail(f"{prefix}.num_attention_heads={self.num_attention_heads} is not a multiple of "
@@ -214,6 +248,67 @@ class ModelConfig:
         """Architecture fields that differ: ``{key: (self_value, other_value)}``."""
         a, b = self.arch_dict(), other.arch_dict()
         return {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)}
+
+
+@dataclass
+class LayoutConfig:
+    """How a model is run (parallel layout, layer spec, seed), independent of what it is."""
+
+    tensor_model_parallel_size: int = 1
+    """Tensor-parallel size to run with (a checkpoint saved at one layout loads at any other)."""
+
+    pipeline_model_parallel_size: int = 1
+    """Pipeline-parallel size to run with."""
+
+    transformer_impl: str = "auto"
+    """Layer spec: auto (Transformer Engine when importable, else local), local or transformer_engine."""
+
+    seed: int = 1234
+    """Seed for parameter initialisation and RNG trackers."""
+
+    sequence_parallel: Optional[bool] = None
+    """Sequence parallelism (NeMo key); null: on when a GPU is present and TP > 1, off on CPU."""
+
+    activations_checkpoint_granularity: Optional[str] = "auto"
+    """Activation recompute (NeMo key): selective, full or null (off); auto: selective on a GPU, off on CPU."""
+
+    activations_checkpoint_method: Optional[str] = None
+    """With granularity full: uniform or block (null means uniform)."""
+
+    activations_checkpoint_num_layers: Optional[int] = None
+    """Layers per recompute chunk (uniform) or recomputed layers per stage (block); null means 1."""
+
+    fusions: Optional[bool] = None
+    """Fused kernels (bias-activation, bias-dropout; with TE also masked softmax, RoPE, gradient accumulation);
+    null: on when a GPU is present, off on CPU."""
+
+
+def apply_layout(block: Any, cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with every :class:`LayoutConfig` field (layout, spec, seed, performance settings) that ``block`` has.
+
+    ``block`` is a recipe's ``model`` block: a :class:`LayoutConfig` subclass or a full :class:`ModelConfig`.
+    """
+    return cfg.replace(**{f.name: getattr(block, f.name) for f in dataclasses.fields(LayoutConfig)
+                          if hasattr(block, f.name)})
+
+
+@dataclass
+class RuntimeModelConfig(LayoutConfig):
+    """The ``model`` block of a recipe that reads the architecture from its checkpoint (prune).
+
+    It has no architecture keys: ``model.hidden_size=...`` is refused instead of silently ignored.
+    """
+
+    restore_from_path: Optional[str] = None
+    """Checkpoint to load (megatron dist-checkpoint directory written by nemo_minitron); its architecture is used."""
+
+    precision: str = "auto"
+    """Parameter dtype: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16."""
+
+
+def arch_fields() -> tuple[str, ...]:
+    """Names of the :class:`ModelConfig` fields that describe the architecture (what a checkpoint fixes)."""
+    return tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in RUNTIME_FIELDS and f.name != "name")
 
 
 def field_docs() -> dict[str, str]:

@@ -7,11 +7,14 @@ Key names follow NeMo's ``megatron_gpt_prune.yaml`` (``prune.ffn_hidden_size``, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
-from omegaconf import MISSING
+from nemo_minitron.config.model import RuntimeModelConfig, arch_fields
+from nemo_minitron.config.schemas import ExportConfig
 
-from nemo_minitron.config.model import ModelConfig
+__all__ = ["ExportConfig", "MegatronPruneConfig", "PruneConfig"]
+
+_TARGETS = ("ffn_hidden_size", "num_attention_heads", "num_query_groups", "hidden_size", "num_layers")
 
 
 @dataclass
@@ -103,28 +106,23 @@ class PruneConfig:
 
 
 @dataclass
-class ExportConfig:
-    """Where the pruned checkpoint goes."""
-
-    save_path: str = MISSING
-    """Output directory: megatron checkpoint + pruning_report.json (written atomically)."""
-
-    overwrite: bool = False
-    """Replace an existing ``save_path``."""
-
-
-@dataclass
 class MegatronPruneConfig:
     """``examples/megatron_prune.py``: Minitron width/depth pruning of a megatron checkpoint."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """Runtime layout (TP/PP, precision, seed) and ``restore_from_path``; the architecture is read from the checkpoint."""
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        f"model.{k}": "the architecture is read from the checkpoint (model.restore_from_path)"
+        + (f"; the pruning target is prune.{k}" if k in _TARGETS else "")
+        for k in arch_fields()
+    }
+
+    model: RuntimeModelConfig = field(default_factory=RuntimeModelConfig)
+    """Checkpoint and runtime layout (TP/PP, precision, seed); the architecture is read from the checkpoint."""
 
     prune: PruneConfig = field(default_factory=PruneConfig)
     """Targets, importance and calibration settings."""
 
     export: ExportConfig = field(default_factory=ExportConfig)
-    """Output location."""
+    """Output location (export.save_path is required)."""
 
 
 def register(cs) -> None:

@@ -1,10 +1,22 @@
-"""Schemas of the foundation's entry points (model_info)."""
+"""Schemas shared by several entry points (the output block) and of ``examples/model_info.py``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from nemo_minitron.config.model import ModelConfig
+
+
+@dataclass
+class ExportConfig:
+    """Where a recipe writes its resulting checkpoint (``export.*`` of prune, distill and finetune)."""
+
+    save_path: Optional[str] = None
+    """Output checkpoint directory, written atomically; required by prune, optional for training (null: no export)."""
+
+    overwrite: bool = False
+    """Replace an existing save_path; without it an existing output is refused."""
 
 
 @dataclass

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from omegaconf import MISSING
 
 from nemo_minitron.config.data import DataConfig
-from nemo_minitron.config.model import ConfigError, ModelConfig
+from nemo_minitron.config.model import ConfigError, LayoutConfig, ModelConfig, apply_layout, arch_fields
 from nemo_minitron.config.prune import PruneConfig
+from nemo_minitron.config.schemas import ExportConfig
+
+__all__ = ["ExportConfig", "TrainConfig", "TrainModelConfig", "given", "student_model_config"]
 
 
 @dataclass
@@ -79,16 +82,15 @@ class TrainDataConfig:
 
 
 @dataclass
-class TrainModelConfig(ModelConfig):
-    """Student model plus the NeMo-style training keys that live under ``model.``.
+class TrainModelConfig(LayoutConfig):
+    """The student checkpoint, its runtime layout and the NeMo-style training keys that live under ``model.``.
 
-    When ``restore_from_path`` is set, the architecture comes from that checkpoint (the values here
-    are ignored, as in NeMo); otherwise the student is trained from the architecture given here.
+    The student's architecture is read from ``restore_from_path`` (as in NeMo); this block has no
+    architecture keys, and the parameter dtype is ``trainer.precision``.
     """
 
     restore_from_path: Optional[str] = MISSING
-    """Student checkpoint (e.g. the pruned model); its architecture overrides the model.* values here.
-    null trains the architecture given here from a random initialisation."""
+    """Student checkpoint (e.g. the pruned model); its architecture is the student's."""
 
     kd_teacher_restore_from_path: Optional[str] = MISSING
     """Teacher checkpoint (nemo_minitron megatron checkpoint). Required for distillation, unused for finetuning."""
@@ -129,7 +131,7 @@ class TrainerConfig:
     """Clip the global gradient norm to this value; 0 disables clipping."""
 
     precision: str = "auto"
-    """auto (bf16 on GPU, fp32 on CPU), fp32 or bf16; overrides model.precision."""
+    """Parameter dtype of student and teacher: auto (bf16 on GPU, fp32 on CPU), fp32 or bf16."""
 
     num_nodes: int = 1
     """Informational (the launcher decides the world size)."""
@@ -141,6 +143,11 @@ class TrainerConfig:
 @dataclass
 class KDConfig:
     """Knowledge-distillation loss (Minitron defaults: logits only, forward KL, T = 1, no LM loss)."""
+
+    loss: str = "minitron"
+    """Loss object (registry in nemo_minitron.distill.objective): minitron (logit KL + balanced
+    intermediate pairs, optional LM-loss mixing), logits_kl (logit KL only), lm (LM loss only), or
+    package.module:ClassName for a TrainingLoss subclass of your own."""
 
     temperature: float = 1.0
     """Softmax temperature of teacher and student logits."""
@@ -193,16 +200,14 @@ class ExpManagerConfig:
 
 
 @dataclass
-class ExportConfig:
-    """Where the final student is written as a plain nemo_minitron checkpoint."""
-
-    save_path: Optional[str] = None
-    """Final student checkpoint directory (loadable with load_checkpoint); null skips the export."""
-
-
-@dataclass
 class TrainConfig:
     """``examples/megatron_distill.py`` / ``examples/megatron_finetune.py``: KD or LM-loss training."""
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "model.precision": "the parameter dtype of training is trainer.precision (the NeMo key)",
+        **{f"model.{k}": "the student's architecture is read from its checkpoint (model.restore_from_path)"
+           for k in arch_fields()},
+    }
 
     name: str = "megatron_distill"
     """Run name (TensorBoard / logs)."""
@@ -227,13 +232,15 @@ class TrainConfig:
     """Output directory, checkpoints and resume."""
 
     export: ExportConfig = field(default_factory=ExportConfig)
-    """Final student export."""
+    """Final student export (a plain nemo_minitron checkpoint; null save_path skips it)."""
 
     def validate(self, world_size: int = 1) -> "TrainConfig":
         """Check cross-field rules before anything is built; raise :class:`ConfigError` naming the key."""
         m, t = self.model, self.trainer
         if self.mode not in ("distill", "finetune"):
             raise ConfigError(f"mode={self.mode!r} must be distill or finetune")
+        if not given(m.restore_from_path):
+            raise ConfigError("model.restore_from_path is required: the student checkpoint (its architecture is used)")
         if self.mode == "distill" and not given(m.kd_teacher_restore_from_path):
             raise ConfigError("mode=distill needs model.kd_teacher_restore_from_path (the teacher checkpoint)")
         for key, value in (("trainer.max_steps", t.max_steps), ("model.micro_batch_size", m.micro_batch_size),
@@ -263,6 +270,10 @@ class TrainConfig:
             raise ConfigError(f"model.optim.sched.min_lr={m.optim.sched.min_lr} exceeds model.optim.lr={m.optim.lr}")
         if len(m.optim.betas) != 2:
             raise ConfigError(f"model.optim.betas={list(m.optim.betas)} must have two values")
+        if self.mode == "distill":
+            from nemo_minitron.distill.objective import resolve_loss
+
+            resolve_loss(self.kd.loss)  # ConfigError naming kd.loss when unknown
         if self.kd.temperature <= 0:
             raise ConfigError(f"kd.temperature={self.kd.temperature} must be > 0")
         if self.kd.top_k is not None and self.kd.top_k < 1:
@@ -308,18 +319,11 @@ OPTIMIZERS = {"distributed_fused_adam": True, "fused_adam": False, "adam": False
 
 def student_model_config(model: TrainModelConfig, arch_from: Optional[ModelConfig] = None,
                          precision: str = "auto") -> ModelConfig:
-    """The plain :class:`ModelConfig` of the student: architecture from ``arch_from`` (its checkpoint) if given."""
-    from dataclasses import fields
-
-    base: dict[str, Any] = {f.name: getattr(model, f.name) for f in fields(ModelConfig)}
-    if not given(base["restore_from_path"]):
-        base["restore_from_path"] = None
-    if arch_from is not None:
-        base.update(arch_from.arch_dict())
-        base["name"] = arch_from.name
-    if precision != "auto":
-        base["precision"] = precision
-    return ModelConfig(**base).validate()
+    """The student's :class:`ModelConfig`: architecture ``arch_from`` (read from its checkpoint), layout from ``model``."""
+    if arch_from is None:
+        raise ConfigError("model.restore_from_path is required: the student's architecture is read from its checkpoint")
+    restore = model.restore_from_path if given(model.restore_from_path) else None
+    return apply_layout(model, arch_from).replace(restore_from_path=restore, precision=precision).validate()
 
 
 @dataclass

@@ -13,6 +13,12 @@ contributes a window at a seeded random offset inside it; a shorter one is taken
 and the window continues into the following documents. Mask semantics: True for the window's own
 document up to and including its EOD; False after that document boundary (the next document's
 tokens see an unrelated prefix) and for padding past the end of the corpus.
+
+Raw text is not tokenized as a whole: :class:`LazyTextStream` keeps the document texts and tokenizes
+only the documents a window reads (the sampled one and, for a short one, those it runs into), so
+drawing N windows from a large corpus costs about N documents of tokenizer work. Every document of a
+raw corpus ends with EOD, so none is empty and the seeded document order is the same as the one drawn
+from the preprocessed dataset. Large corpora are best preprocessed once (mmap, the default path).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from nemo_minitron.data.tokenizer import Tokenizer, as_tokenizer
 from nemo_minitron.data.wikitext import iter_documents
 from nemo_minitron.logging import get_logger
 
-__all__ = ["CalibrationData", "load_calibration_data", "sample_windows", "TokenStream"]
+__all__ = ["CalibrationData", "LazyTextStream", "load_calibration_data", "sample_windows", "TokenStream"]
 
 log = get_logger(__name__)
 
@@ -98,24 +104,83 @@ class TokenStream:
         """Number of documents."""
         return len(self.doc_starts) - 1
 
+    def usable_documents(self) -> np.ndarray:
+        """Indices of the documents with at least one token."""
+        return np.flatnonzero(np.diff(self.doc_starts) > 0)
 
-def sample_windows(stream: TokenStream, num_samples: int, seq_length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    def doc_length(self, d: int) -> int:
+        """Tokens in document ``d``."""
+        return int(self.doc_starts[d + 1] - self.doc_starts[d])
+
+    def read(self, d: int, offset: int, count: int) -> np.ndarray:
+        """Up to ``count`` tokens from ``offset`` inside document ``d`` on, running into the next documents."""
+        begin = int(self.doc_starts[d]) + offset
+        return np.asarray(self.tokens[begin:min(begin + count, len(self.tokens))])
+
+
+class LazyTextStream:
+    """A raw text corpus read as a token stream, tokenizing a document only when a window reads it."""
+
+    def __init__(self, texts: list[str], tokenizer: Tokenizer):
+        self.texts = texts
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.eod_id
+        self._ids: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def from_text(cls, path: str | os.PathLike, tokenizer: Tokenizer, text_field: str = "text") -> "LazyTextStream":
+        """Read the documents of ``path`` (no tokenization yet)."""
+        return cls(list(iter_documents(path, text_field)), tokenizer)
+
+    @property
+    def num_documents(self) -> int:
+        """Number of documents."""
+        return len(self.texts)
+
+    @property
+    def num_tokenized(self) -> int:
+        """Documents tokenized so far."""
+        return len(self._ids)
+
+    def _doc(self, d: int) -> np.ndarray:
+        if d not in self._ids:
+            self._ids[d] = np.asarray(self.tokenizer.encode_document(self.texts[d]), dtype=np.int64)
+        return self._ids[d]
+
+    def usable_documents(self) -> np.ndarray:
+        """Every document (each ends with EOD, so none is empty)."""
+        return np.arange(len(self.texts))
+
+    def doc_length(self, d: int) -> int:
+        """Tokens in document ``d`` (tokenizes it)."""
+        return len(self._doc(d))
+
+    def read(self, d: int, offset: int, count: int) -> np.ndarray:
+        """Up to ``count`` tokens from ``offset`` inside document ``d`` on, running into the next documents."""
+        parts, need = [], count
+        while need > 0 and d < len(self.texts):
+            part = self._doc(d)[offset:offset + need]
+            parts.append(part)
+            need -= len(part)
+            d, offset = d + 1, 0
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def sample_windows(stream: TokenStream | LazyTextStream, num_samples: int, seq_length: int,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The deterministic window selection described in the module docstring; returns (tokens, mask) arrays."""
-    lengths = np.diff(stream.doc_starts)
-    usable = np.flatnonzero(lengths > 0)
+    usable = stream.usable_documents()
     if usable.size == 0:
         raise ConfigError("the calibration source has no tokens")
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(usable) for _ in range(-(-num_samples // usable.size))])[:num_samples]
     tokens = np.full((num_samples, seq_length), stream.pad_id, dtype=np.int64)
     mask = np.zeros((num_samples, seq_length), dtype=bool)
-    total = len(stream.tokens)
     for i, d in enumerate(order.tolist()):
-        start, n = int(stream.doc_starts[d]), int(lengths[d])
+        n = stream.doc_length(d)
         offset = int(rng.integers(0, n - seq_length + 1)) if n > seq_length else 0
-        begin = start + offset
-        end = min(begin + seq_length, total)
-        tokens[i, :end - begin] = stream.tokens[begin:end]
+        window = stream.read(d, offset, seq_length)
+        tokens[i, :len(window)] = window
         mask[i, :min(n - offset, seq_length)] = True
     return tokens, mask
 
@@ -143,10 +208,12 @@ def load_calibration_data(source: str | os.PathLike, num_samples: int, seq_lengt
     elif os.path.exists(src):
         if tok is None:
             raise ConfigError(f"calibration source {src!r} is raw text: pass tokenizer= (a path or load_tokenizer())")
-        stream = TokenStream.from_text(src, tok)
+        stream = LazyTextStream.from_text(src, tok)
     else:
         raise ConfigError(f"calibration source {src!r}: neither a dataset prefix ({src}.bin/.idx) nor a file")
     tokens, mask = sample_windows(stream, num_samples, seq_length, seed)
+    if isinstance(stream, LazyTextStream):
+        log.info("calibration: tokenized %d of %d documents", stream.num_tokenized, stream.num_documents)
     data = CalibrationData(torch.from_numpy(tokens), torch.from_numpy(mask), src, seed)
     log.info("calibration data: %d samples x %d tokens from %s (%d documents), %.1f%% of positions counted",
              num_samples, seq_length, src, stream.num_documents, 100.0 * data.num_tokens / tokens.size)

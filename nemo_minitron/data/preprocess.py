@@ -9,7 +9,7 @@ count. The token dtype is megatron's ``DType.optimal_dtype`` for the vocabulary 
 65,500 tokens, else int32).
 
 Files are written into a hidden temporary directory next to the output and moved into place
-only when complete; ``PREFIX.meta.json`` (tokenizer, dtype, counts, sources, throughput) is
+only when complete (all splits of a corpus together); ``PREFIX.meta.json`` (tokenizer, dtype, counts, sources, throughput) is
 written last and checked by :mod:`nemo_minitron.data.integrity`.
 """
 
@@ -19,14 +19,15 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
+from nemo_minitron.atomic import clean_stale_temps
 from nemo_minitron.data.integrity import meta_path
 from nemo_minitron.data.tokenizer import Tokenizer, as_tokenizer
 from nemo_minitron.data.wikitext import DataInputError, find_wikitext_splits, iter_documents, list_input_files
@@ -114,36 +115,70 @@ def _default_start_method() -> str:
 
 
 # ---- main side ---------------------------------------------------------------------------------
-def tokenize_to_indexed_dataset(
-    documents: Iterable[str],
-    tokenizer: Tokenizer | str | os.PathLike,
-    output_prefix: str | os.PathLike,
-    workers: Optional[int] = None,
-    chunk_docs: int = 16,
-    overwrite: bool = True,
-    progress: bool = True,
-    sources: Optional[list[str]] = None,
-    chunk_chars: int = 1 << 16,
-    start_method: Optional[str] = None,
-) -> PreprocessSummary:
-    """Encode ``documents`` with ``workers`` processes and write ``output_prefix.{bin,idx,meta.json}`` atomically.
+_SUFFIXES = (".bin", ".idx", ".meta.json")
 
-    ``workers=None`` uses every core; ``workers<=1`` encodes in this process. Work is sent to workers
-    in tasks of at most ``chunk_docs`` documents or ~``chunk_chars`` characters (long articles would
-    otherwise make a few huge tasks and idle workers). Empty corpora raise.
-    """
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    tok = as_tokenizer(tokenizer)
-    prefix = str(Path(output_prefix).expanduser().absolute())
-    if not overwrite and any(os.path.exists(prefix + s) for s in (".bin", ".idx")):
-        raise FileExistsError(f"output_prefix={prefix!r} already exists (set overwrite=true to replace it)")
-    workers = (os.cpu_count() or 1) if workers is None or workers <= 0 else int(workers)
-    dtype = token_dtype(tok.vocab_size)
+def _check_outputs(prefixes: Iterable[str], overwrite: bool) -> None:
+    """Refuse existing outputs unless ``overwrite``; refuse a prefix that names a directory."""
+    for prefix in prefixes:
+        if os.path.isdir(prefix + ".bin") or os.path.isdir(prefix + ".idx"):
+            raise IsADirectoryError(f"output_prefix={prefix!r}: {prefix}.bin/.idx is a directory")
+        if not overwrite and any(os.path.exists(prefix + s) for s in _SUFFIXES):
+            raise FileExistsError(f"output_prefix={prefix!r} already exists (set overwrite=true to replace it)")
+
+
+def _staging_dir(prefix: str) -> str:
+    """A new hidden directory next to ``prefix`` (stale ones of killed runs are removed first)."""
     out_dir = os.path.dirname(prefix)
     os.makedirs(out_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(prefix)}.tmp-", dir=out_dir)
-    tmp_prefix = os.path.join(tmp, "data")
+    clean_stale_temps(prefix)
+    tmp = os.path.join(out_dir, f".{os.path.basename(prefix)}.tmp-{os.getpid()}-{time.time_ns()}")
+    os.mkdir(tmp)
+    return tmp
+
+
+def _missing_dirs(prefix: str) -> list[str]:
+    """The directories above ``prefix`` that do not exist yet (innermost first)."""
+    missing, d = [], os.path.dirname(prefix)
+    while d and not os.path.exists(d):
+        missing.append(d)
+        d = os.path.dirname(d)
+    return missing
+
+
+def _remove_if_empty(dirs: list[str]) -> None:
+    """After a failed run: remove the directories it created, if they stayed empty."""
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
+
+
+def _publish(pairs: list[tuple[str, str]]) -> None:
+    """Move finished ``(tmp_prefix, prefix)`` datasets into place as one set.
+
+    Every old ``.meta.json`` of the set goes first and the new ones come last, so a reader never
+    pairs new ``.bin``/``.idx`` files with stale metadata; all encoding is finished before the first
+    rename, so only these renames separate the old set from the new one.
+    """
+    for _, prefix in pairs:
+        if os.path.exists(meta_path(prefix)):
+            os.remove(meta_path(prefix))
+    for tmp_prefix, prefix in pairs:
+        os.replace(tmp_prefix + ".bin", prefix + ".bin")
+        os.replace(tmp_prefix + ".idx", prefix + ".idx")
+    for tmp_prefix, prefix in pairs:
+        os.replace(tmp_prefix + ".meta.json", meta_path(prefix))
+
+
+def _encode_into(documents: Iterable[str], tok: Tokenizer, tmp_prefix: str, prefix: str, workers: int,
+                 chunk_docs: int, chunk_chars: int, start_method: Optional[str], progress: bool,
+                 sources: Optional[list[str]], dataset_set: Optional[dict] = None) -> PreprocessSummary:
+    """Encode ``documents`` into ``tmp_prefix.{bin,idx,meta.json}``; the summary names the final ``prefix``."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    dtype = token_dtype(tok.vocab_size)
     t0 = time.perf_counter()
     n_docs = n_tokens = 0
     bar = None
@@ -177,31 +212,70 @@ def tokenize_to_indexed_dataset(
         if n_docs == 0:
             raise DataInputError(f"no documents to write to {prefix!r} (empty input)")
         builder.finalize(tmp_prefix + ".idx")
-        seconds = time.perf_counter() - t0
-        summary = PreprocessSummary(prefix, n_docs, n_tokens, tok.vocab_size, np.dtype(dtype).name, workers,
-                                    round(seconds, 3))
-        meta = {"format": FORMAT, "tokenizer": tok.describe(), "dtype": summary.dtype, "documents": n_docs,
-                "sequences": n_docs, "tokens": n_tokens, "sources": sources or [], "workers": workers,
-                "seconds": summary.seconds, "tokens_per_s": round(summary.tokens_per_s, 1),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        with open(tmp_prefix + ".meta.json", "w") as f:
-            json.dump(meta, f, indent=2)
-        # Metadata goes first and comes back last: a reader never sees new .bin/.idx with stale metadata.
-        if os.path.exists(meta_path(prefix)):
-            os.remove(meta_path(prefix))
-        os.replace(tmp_prefix + ".bin", prefix + ".bin")
-        os.replace(tmp_prefix + ".idx", prefix + ".idx")
-        os.replace(tmp_prefix + ".meta.json", meta_path(prefix))
     finally:
         if bar is not None:
             bar.close()
         if pool is not None:
             pool.terminate()
             pool.join()
-        shutil.rmtree(tmp, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    summary = PreprocessSummary(prefix, n_docs, n_tokens, tok.vocab_size, np.dtype(dtype).name, workers,
+                                round(seconds, 3))
+    meta = {"format": FORMAT, "tokenizer": tok.describe(), "dtype": summary.dtype, "documents": n_docs,
+            "sequences": n_docs, "tokens": n_tokens, "sources": sources or [], "workers": workers,
+            "seconds": summary.seconds, "tokens_per_s": round(summary.tokens_per_s, 1),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if dataset_set is not None:
+        meta["set"] = dataset_set
+    with open(tmp_prefix + ".meta.json", "w") as f:
+        json.dump(meta, f, indent=2)
+    return summary
+
+
+def _log_summary(summary: PreprocessSummary) -> None:
     log.info("wrote %s.{bin,idx}: %d documents, %d tokens, vocab %d, %s, %.1f s (%.0f tokens/s, %.1f docs/s, "
-             "%d workers)", prefix, n_docs, n_tokens, tok.vocab_size, summary.dtype, summary.seconds,
-             summary.tokens_per_s, summary.documents_per_s, workers)
+             "%d workers)", summary.prefix, summary.documents, summary.tokens, summary.vocab_size, summary.dtype,
+             summary.seconds, summary.tokens_per_s, summary.documents_per_s, summary.workers)
+
+
+def _num_workers(workers: Optional[int]) -> int:
+    return (os.cpu_count() or 1) if workers is None or workers <= 0 else int(workers)
+
+
+def tokenize_to_indexed_dataset(
+    documents: Iterable[str],
+    tokenizer: Tokenizer | str | os.PathLike,
+    output_prefix: str | os.PathLike,
+    workers: Optional[int] = None,
+    chunk_docs: int = 16,
+    overwrite: bool = False,
+    progress: bool = True,
+    sources: Optional[list[str]] = None,
+    chunk_chars: int = 1 << 16,
+    start_method: Optional[str] = None,
+) -> PreprocessSummary:
+    """Encode ``documents`` with ``workers`` processes and write ``output_prefix.{bin,idx,meta.json}`` atomically.
+
+    ``workers=None`` uses every core; ``workers<=1`` encodes in this process. Work is sent to workers
+    in tasks of at most ``chunk_docs`` documents or ~``chunk_chars`` characters (long articles would
+    otherwise make a few huge tasks and idle workers). Empty corpora raise; an existing output is
+    refused unless ``overwrite``.
+    """
+    tok = as_tokenizer(tokenizer)
+    prefix = str(Path(output_prefix).expanduser().absolute())
+    _check_outputs([prefix], overwrite)
+    created = _missing_dirs(prefix)
+    tmp = _staging_dir(prefix)
+    try:
+        summary = _encode_into(documents, tok, os.path.join(tmp, "data"), prefix, _num_workers(workers), chunk_docs,
+                               chunk_chars, start_method, progress, sources)
+        _publish([(os.path.join(tmp, "data"), prefix)])
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_if_empty(created)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    _log_summary(summary)
     return summary
 
 
@@ -218,23 +292,38 @@ def preprocess_corpus(
     text_field: str = "text",
     group: str = "auto",
     chunk_docs: int = 16,
-    overwrite: bool = True,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, PreprocessSummary]:
     """Tokenize a file, a directory, or a WikiText split directory into indexed datasets.
 
     A directory holding ``wiki.{train,valid,test}.raw`` (or ``.tokens``, or HF ``train``/
     ``validation``/``test`` parquet/JSONL) gives one dataset per split, keyed by split name;
-    anything else gives one dataset keyed ``all``. Returns the summaries.
+    anything else gives one dataset keyed ``all``. The splits are written as a set: all are encoded
+    into one hidden directory first and moved into place together (their ``.meta.json`` carry the
+    same ``set`` id). Existing outputs are refused unless ``overwrite``. Returns the summaries.
     """
     tok = as_tokenizer(tokenizer)
     splits = find_wikitext_splits(input)
     plan = splits if splits else {"all": list_input_files(input)}
+    base = str(Path(output_prefix).expanduser().absolute())
+    prefixes = {name: output_prefix_for(base, None if name == "all" else name) for name in plan}
+    _check_outputs(prefixes.values(), overwrite)
+    dataset_set = {"id": uuid.uuid4().hex, "splits": sorted(plan)}
+    created = _missing_dirs(base)
+    tmp = _staging_dir(base)
     results = {}
-    for name, files in plan.items():
-        prefix = output_prefix_for(str(output_prefix), None if name == "all" else name)
-
-        results[name] = tokenize_to_indexed_dataset(iter_documents(files, text_field=text_field, group=group), tok, prefix, workers=workers, chunk_docs=chunk_docs,
-                                                    overwrite=overwrite, progress=progress,
-                                                    sources=[str(f) for f in files])
+    try:
+        for name, files in plan.items():
+            results[name] = _encode_into(iter_documents(files, text_field=text_field, group=group), tok,
+                                         os.path.join(tmp, name), prefixes[name], _num_workers(workers), chunk_docs,
+                                         1 << 16, None, progress, [str(f) for f in files], dataset_set)
+        _publish([(os.path.join(tmp, name), prefixes[name]) for name in plan])
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_if_empty(created)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    for summary in results.values():
+        _log_summary(summary)
     return results

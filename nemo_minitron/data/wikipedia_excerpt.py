@@ -178,7 +178,7 @@ def build_wikipedia_excerpt(output_dir: str | os.PathLike, wheel: Optional[str |
         "characters": {k: sum(len(a) for a in v) for k, v in splits.items()},
         "titles": titles, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, markers=("SOURCE.json",), key="output_dir") as tmp:
         for split, articles in splits.items():
             (tmp / f"wiki.{split}.raw").write_text(" \n" + "".join(articles), encoding="utf-8")
         all_titles = [t for v in titles.values() for t in v]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 __all__ = ["split_wikitext", "is_top_heading", "iter_documents", "list_input_files", "find_wikitext_splits",
-           "DataInputError", "TEXT_SUFFIXES"]
+           "DataInputError", "TEXT_SUFFIXES", "check_text_file"]
 
 TEXT_SUFFIXES = (".raw", ".tokens", ".txt", ".jsonl", ".json", ".parquet")
 _TOP_HEADING = re.compile(r"^ ?= (?!=)(.*\S) = ?$")
@@ -74,14 +74,47 @@ def _looks_like_wikitext(first_lines: list[str]) -> bool:
     return False
 
 
+_SNIFF_BYTES = 1 << 16
+_CONTROL = frozenset(range(32)) - {9, 10, 12, 13}
+
+
+def check_text_file(path: str | os.PathLike) -> None:
+    """Raise :class:`DataInputError` unless the start of ``path`` is UTF-8 text (no NUL or control bytes)."""
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the end of the sniffed block
+            raise DataInputError(f"{path} is not UTF-8 text (undecodable byte at offset {exc.start}); give a text, "
+                                 "JSONL or parquet corpus") from None
+    bad = sum(1 for b in head if b in _CONTROL)
+    if bad and (b"\x00" in head or bad > len(head) // 100):
+        raise DataInputError(f"{path} is not text ({bad} control/NUL bytes in its first {len(head)} bytes); "
+                             "give a text, JSONL or parquet corpus")
+
+
+def _decode_errors(path: Path, lines: Iterable[str]) -> Iterator[str]:
+    try:
+        yield from lines
+    except UnicodeDecodeError as exc:
+        raise DataInputError(f"{path} is not UTF-8 text ({exc.reason} near byte {exc.start} of a block); "
+                             "give a text, JSONL or parquet corpus") from None
+
+
 def _iter_text_file(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        head = [f.readline() for _ in range(8)]
-        f.seek(0)
-        if path.suffix in (".raw", ".tokens") or _looks_like_wikitext(head):
-            yield from split_wikitext(f)
-            return
-        text = f.read().strip()
+    check_text_file(path)
+    with open(path, encoding="utf-8") as f:
+        yield from _decode_errors(path, _text_file_documents(path, f))
+
+
+def _text_file_documents(path: Path, f) -> Iterator[str]:
+    head = [f.readline() for _ in range(8)]
+    f.seek(0)
+    if path.suffix in (".raw", ".tokens") or _looks_like_wikitext(head):
+        yield from split_wikitext(f)
+        return
+    text = f.read().strip()
     if text:
         yield text
 
@@ -112,19 +145,24 @@ def _rows_to_documents(rows: Iterable[str], group: str) -> Iterator[str]:
 
 
 def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
+    check_text_file(path)
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataInputError(f"{path}:{lineno}: not a JSON object per line ({exc.msg})") from None
-            if not isinstance(obj, dict) or text_field not in obj:
-                keys = list(obj) if isinstance(obj, dict) else type(obj).__name__
-                raise DataInputError(f"{path}:{lineno}: text_field={text_field!r} not found (keys: {keys})")
-            value = obj[text_field]
-            yield "" if value is None else str(value)
+        yield from _decode_errors(path, _jsonl_rows(path, f, text_field))
+
+
+def _jsonl_rows(path: Path, f, text_field: str) -> Iterator[str]:
+    for lineno, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataInputError(f"{path}:{lineno}: not a JSON object per line ({exc.msg})") from None
+        if not isinstance(obj, dict) or text_field not in obj:
+            keys = list(obj) if isinstance(obj, dict) else type(obj).__name__
+            raise DataInputError(f"{path}:{lineno}: text_field={text_field!r} not found (keys: {keys})")
+        value = obj[text_field]
+        yield "" if value is None else str(value)
 
 
 def _iter_parquet(path: Path, text_field: str) -> Iterator[str]:

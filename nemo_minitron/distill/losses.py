@@ -93,34 +93,88 @@ def _global_log_softmax(z: torch.Tensor, group) -> torch.Tensor:
     return z - sum_exp.log()
 
 
+#: Elements of one fp32 chunk buffer of the chunked KL (rows = this // local vocabulary size): 32 MiB.
+KL_CHUNK_ELEMENTS = 1 << 23
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(-1)`` for 2-D tensors without a temporary of their size."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(a.shape[0])
+
+
 class _VocabParallelKL(torch.autograd.Function):
-    """KL over vocab-parallel logits with an analytic local gradient (no TP reduction of grads)."""
+    """Chunked KL over vocab-parallel logits with an analytic gradient computed in the forward pass.
+
+    Rows (tokens) are processed a chunk at a time in three reused fp32 buffers of ``[rows, V/tp]``;
+    each side is exponentiated once, the temperature is applied only when ``T != 1``. The gradient
+    with respect to the raw student logits is written chunk by chunk into one buffer of the logits'
+    shape and dtype (the size autograd's gradient has anyway) and scaled in place by the incoming
+    per-token gradient in :meth:`backward`. Under TP each chunk takes two all-reduces: MAX of both
+    sides' row maxima, then SUM of both partition functions and the local KL numerator. Every rank
+    returns the global per-token KL and back-propagates its own copy with no TP scaling.
+    """
 
     @staticmethod
-    def forward(ctx, zs: torch.Tensor, zt: torch.Tensor, reverse: bool, group) -> torch.Tensor:  # noqa: D102
-        log_q = _global_log_softmax(zs, group)
-        log_p = _global_log_softmax(zt, group)
-        q, p = log_q.exp(), log_p.exp()
-        partial = (q * (log_q - log_p)).sum(-1) if reverse else (p * (log_p - log_q)).sum(-1)
-        if group is not None:
-            dist.all_reduce(partial, group=group)
-        if reverse:
-            ctx.save_for_backward(q, log_q - log_p, partial)
-        else:
-            ctx.save_for_backward(q, p)
-        ctx.reverse = reverse
-        return partial
+    def forward(ctx, zs: torch.Tensor, zt: torch.Tensor, temperature: float, reverse: bool, group,  # noqa: D102
+                chunk_elements: int) -> torch.Tensor:
+        vocab = zs.shape[-1]
+        s_all, t_all = zs.reshape(-1, vocab), zt.reshape(-1, vocab)
+        n = s_all.shape[0]
+        rows = max(1, min(n, chunk_elements // vocab))
+        inv_t = 1.0 / temperature
+        a, b, c = (torch.empty(rows, vocab, dtype=torch.float32, device=zs.device) for _ in range(3))
+        out = torch.empty(n, dtype=torch.float32, device=zs.device)
+        grad = torch.empty_like(s_all) if ctx.needs_input_grad[0] else None
+        for lo in range(0, n, rows):
+            m = min(n, lo + rows) - lo
+            sa, sb, sc = a[:m], b[:m], c[:m]
+            sa.copy_(s_all[lo:lo + m])
+            sb.copy_(t_all[lo:lo + m])
+            if temperature != 1.0:
+                sa.mul_(inv_t)
+                sb.mul_(inv_t)
+            maxes = torch.stack([sa.amax(-1), sb.amax(-1)])
+            if group is not None:
+                dist.all_reduce(maxes, op=dist.ReduceOp.MAX, group=group)
+            sa.sub_(maxes[0].unsqueeze(-1))
+            sb.sub_(maxes[1].unsqueeze(-1))
+            if reverse:  # KL(q||p) = sum e_s (s - t) / Z_s + log Z_t - log Z_s
+                torch.exp(sa, out=sc)  # e_s
+                sa.sub_(sb)  # s - t
+                num = _rowdot(sc, sa)
+                sb.exp_()  # e_t
+                sums = torch.stack([sc.sum(-1), sb.sum(-1), num])
+            else:  # KL(p||q) = sum e_t (t - s) / Z_t + log Z_s - log Z_t
+                torch.exp(sb, out=sc)  # e_t
+                sb.sub_(sa)  # t - s
+                num = _rowdot(sc, sb)
+                sa.exp_()  # e_s
+                sums = torch.stack([sa.sum(-1), sc.sum(-1), num])
+            if group is not None:
+                dist.all_reduce(sums, group=group)
+            z_s, z_t, num = sums
+            log_zs, log_zt = torch.log(z_s), torch.log(z_t)
+            kl = num / z_s + log_zt - log_zs if reverse else num / z_t + log_zs - log_zt
+            out[lo:lo + m] = kl
+            if grad is None:
+                continue
+            if reverse:  # q_v (log q_v - log p_v - KL), log q - log p = (s - t) - log Z_s + log Z_t
+                g = sc.div_(z_s.unsqueeze(-1)).mul_(sa.sub_((log_zs - log_zt + kl).unsqueeze(-1)))
+            else:  # q - p
+                g = sa.div_(z_s.unsqueeze(-1)).sub_(sc.div_(z_t.unsqueeze(-1)))
+            if temperature != 1.0:
+                g.mul_(inv_t)
+            grad[lo:lo + m] = g
+        if grad is not None:
+            ctx.save_for_backward(grad)
+        ctx.in_shape = zs.shape
+        return out.view(zs.shape[:-1])
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # noqa: D102
-        if ctx.reverse:
-            # d/dz_v sum_u q_u (log q_u - log p_u) = q_v * (log q_v - log p_v - KL)
-            q, log_ratio, kl = ctx.saved_tensors
-            grad = q * (log_ratio - kl.unsqueeze(-1))
-        else:
-            q, p = ctx.saved_tensors
-            grad = q - p  # d/dz_v KL(p||q) with q = softmax(z)
-        return grad * grad_out.unsqueeze(-1), None, None, None
+        (grad,) = ctx.saved_tensors
+        grad.mul_(grad_out.reshape(-1, 1).to(grad.dtype))  # the buffer serves one backward: scale in place
+        return grad.view(ctx.in_shape), None, None, None, None, None
 
 
 class _AllReduceSumIdentityGrad(torch.autograd.Function):
@@ -145,25 +199,29 @@ def vocab_parallel_logit_kl(
     reverse: bool = False,
     scale_by_t2: bool = False,
     top_k: Optional[int] = None,
+    chunk_elements: int = KL_CHUNK_ELEMENTS,
 ) -> torch.Tensor:
     """:func:`logit_kl` on vocab-parallel shards ``[..., V / tp]``; equal on every rank to the dense value.
 
     ``tp_group`` is the tensor-parallel process group (None or a 1-rank group: the vocabulary is
     not split). Shards must be contiguous vocabulary slices in rank order, as megatron's
     ``ColumnParallelLinear`` output layer produces. The gradient w.r.t. the local student shard is
-    exact when each rank back-propagates its own (identical) copy of the loss. The analytic backward
-    keeps only ``p`` and ``q`` alive (autograd through ``log_softmax`` keeps several ``[.., V]`` tensors).
+    exact when each rank back-propagates its own (identical) copy of the loss. Without top-k the KL is
+    computed a chunk of rows at a time (:class:`_VocabParallelKL`, ``chunk_elements`` values per
+    buffer): no full-vocabulary fp32 temporaries; the one full-size buffer kept for backward is the
+    gradient itself.
     """
     if tp_group is not None and dist.get_world_size(tp_group) == 1:
         tp_group = None
     if tp_group is None and top_k is not None:
         return logit_kl(student_logits, teacher_logits, temperature, reverse, scale_by_t2, top_k)
     _check_temperature(temperature)
-    zs = student_logits.float() / temperature
-    zt = teacher_logits.detach().float() / temperature
     if top_k is None:
-        loss = _VocabParallelKL.apply(zs, zt, reverse, tp_group)
+        loss = _VocabParallelKL.apply(student_logits, teacher_logits.detach(), float(temperature), reverse, tp_group,
+                                      int(chunk_elements))
     else:
+        zs = student_logits.float() / temperature
+        zt = teacher_logits.detach().float() / temperature
         loss = _vocab_parallel_topk_kl(zs, zt, top_k, reverse, tp_group)
     return loss * (temperature**2) if scale_by_t2 else loss
 
@@ -245,8 +303,10 @@ def balance_losses(
     zero = logits_loss.new_zeros(())
     kd = logits_loss
     inter = intermediate_loss if intermediate_loss is not None else zero
-    if intermediate_loss is not None and float(intermediate_loss.detach()) > 0:
-        kd = logits_loss + intermediate_loss * (logits_loss.detach() / intermediate_loss.detach())
+    if intermediate_loss is not None:  # tensor ops only: no host sync per micro-batch
+        i_val = intermediate_loss.detach()
+        alpha = torch.where(i_val > 0, logits_loss.detach() / i_val.clamp_min(torch.finfo(i_val.dtype).tiny), zero)
+        kd = logits_loss + intermediate_loss * alpha
     lm = lm_loss if lm_loss is not None else zero
     if skip_lm_loss:
         total = kd
@@ -254,6 +314,7 @@ def balance_losses(
         if lm_loss is None:
             raise ValueError("kd.skip_lm_loss=false needs the student's LM loss")
         kd_val = kd.detach()
-        ratio = lm.detach() / kd_val if float(kd_val) > 0 else torch.ones_like(kd_val)
+        ratio = torch.where(kd_val > 0, lm.detach() / kd_val.clamp_min(torch.finfo(kd_val.dtype).tiny),
+                            torch.ones_like(kd_val))
         total = lm + kd_loss_scale * kd * ratio
     return {"loss": total, "kd_loss": kd, "logits_loss": logits_loss, "intermediate_loss": inter, "lm_loss": lm}

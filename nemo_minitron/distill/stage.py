@@ -1,19 +1,17 @@
 """One pipeline stage of distillation: the (DDP-wrapped) student next to the frozen teacher.
 
 megatron-core's pipeline schedules see a single model chunk. :class:`DistillationStage` is that
-chunk: it runs the student and, under ``no_grad``, the teacher stage on the same micro-batch.
+chunk: it runs the student and, under ``no_grad``, the teacher stage on the same micro-batch, and
+returns both outputs; a loss object (:mod:`nemo_minitron.distill.objective`) makes the loss.
 
 * Pipeline parallelism: both models are split into the same stages. A non-last stage returns
   ``cat([student_hidden, teacher_hidden], -1)``, so one tensor of width ``h_s + h_t`` travels between
   stages (:func:`adjust_tensor_shapes` widens megatron's send/receive shapes);
   :meth:`DistillationStage.set_input_tensor` splits it again. Gradients only flow into the student
-  half. The last stage returns the student's logits and keeps the teacher's logits (and any
-  captured intermediate states) for the loss function.
-* Intermediate pairs (``kd.intermediate_pairs``): forward hooks capture the outputs of named
-  modules (``decoder.final_layernorm``, ``decoder.layers.<i>.<sub>`` with *global* layer index ``i``);
-  they must live on the last stage. A learned linear map (one, shared by all pairs) projects
-  student states to the teacher width when the widths differ; it is not part of the student
-  checkpoint.
+  half. The last stage returns ``(student_logits, teacher_logits)``.
+* Intermediate states (:func:`capture`): hooks capture the outputs of named modules
+  (``decoder.final_layernorm``, ``decoder.layers.<i>.<sub>`` with *global* layer index ``i``); they
+  must live on the last stage.
 """
 
 from __future__ import annotations
@@ -60,48 +58,80 @@ class _Capture:
         self.value = output[0] if isinstance(output, (tuple, list)) else output
 
 
+#: Norm submodules of a layer -> the linear that fuses them under the Transformer Engine spec.
+FUSED_NORMS = {"input_layernorm": ("self_attention", "linear_qkv"), "pre_mlp_layernorm": ("mlp", "linear_fc1")}
+
+
+def capture(model: torch.nn.Module, name: str, role: str, model_cfg, hooks: list) -> _Capture:
+    """Hook ``name`` of ``model`` and return the capture holding its output after each forward.
+
+    ``decoder.layers.<i>.input_layernorm`` / ``pre_mlp_layernorm`` capture the *post-norm* states on
+    both specs: under Transformer Engine these modules are ``IdentityOp`` (the norm is fused into
+    ``linear_qkv`` / ``linear_fc1``), so the norm is recomputed from the fused linear's input and its
+    ``layer_norm_weight`` (the same function as the pruning hooks). Gradients flow through the recompute.
+    """
+    from megatron.core.transformer.identity_op import IdentityOp
+
+    from nemo_minitron.prune.hooks import _norm_output
+
+    module = resolve_module(model, name, role)
+    cap = _Capture()
+    if not isinstance(module, IdentityOp):
+        hooks.append(module.register_forward_hook(cap))
+        return cap
+    parent_name, _, leaf = name.rpartition(".")
+    fused = None
+    if leaf in FUSED_NORMS and parent_name:
+        layer = resolve_module(model, parent_name, role)
+        fused = getattr(getattr(layer, FUSED_NORMS[leaf][0], None), FUSED_NORMS[leaf][1], None)
+    if fused is None or not hasattr(fused, "layer_norm_weight"):
+        raise ConfigError(f"kd.intermediate_pairs: {role} module {name!r} is an identity (no norm) in this model; "
+                          "name a module that computes something, e.g. decoder.final_layernorm")
+    norm, eps = model_cfg.normalization, model_cfg.layernorm_epsilon
+
+    def pre_hook(m, args):
+        cap.value = _norm_output(m, args[0], norm, eps)
+
+    hooks.append(fused.register_forward_pre_hook(pre_hook))
+    return cap
+
+
 class DistillationStage(torch.nn.Module):
     """Student + teacher stage as one megatron model chunk (see module docstring)."""
 
     def __init__(self, student: torch.nn.Module, teacher: Optional[torch.nn.Module], student_hidden: int,
-                 teacher_hidden: int = 0, intermediate_pairs: Optional[list] = None, is_last_stage: bool = True,
-                 init_std: float = 0.02, seed: int = 1234):
+                 teacher_hidden: int = 0, is_last_stage: bool = True, pp_size: int = 1):
         super().__init__()
         self.module = student  # the DDP-wrapped student; megatron finds .config through it
         self._teacher = [teacher]  # a list keeps the teacher out of parameters() and state_dict()
         self.student_hidden = student_hidden
         self.teacher_hidden = teacher_hidden
-        self.use_teacher = teacher is not None
         self.is_last_stage = is_last_stage
-        self.teacher_logits: Optional[torch.Tensor] = None
-        self._pairs: list[tuple[_Capture, _Capture]] = []
-        self._hooks = []
-        self.projection: Optional[torch.nn.Linear] = None
-        pairs = list(intermediate_pairs or [])
-        if pairs and teacher is not None and is_last_stage:
-            s_model, t_model = _unwrap(student), teacher
-            for s_name, t_name in pairs:
-                cs, ct = _Capture(), _Capture()
-                self._hooks.append(resolve_module(s_model, s_name, "student").register_forward_hook(cs))
-                self._hooks.append(resolve_module(t_model, t_name, "teacher").register_forward_hook(ct))
-                self._pairs.append((cs, ct))
-            if student_hidden != teacher_hidden:
-                self.projection = torch.nn.Linear(student_hidden, teacher_hidden, bias=True)
-                with torch.no_grad():  # own generator: identical init at every parallel layout
-                    gen = torch.Generator().manual_seed(seed)
-                    self.projection.weight.copy_(torch.randn(self.projection.weight.shape, generator=gen) * init_std)
-                    self.projection.bias.zero_()
+        self.pp_size = pp_size
 
     @property
     def teacher(self) -> Optional[torch.nn.Module]:
-        """The frozen teacher stage (None when finetuning)."""
+        """The frozen teacher stage (None when the loss needs none)."""
         return self._teacher[0]
+
+    def train(self, mode: bool = True) -> "DistillationStage":
+        """Set the student's mode; the teacher always stays in eval mode."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def schedule_kwargs(self) -> dict:
+        """Extra arguments for megatron's forward-backward function (wider P2P shapes with a teacher under PP)."""
+        if self.pp_size > 1 and self.teacher is not None:
+            return {"adjust_tensor_shapes_fn": adjust_tensor_shapes(self.teacher_hidden)}
+        return {}
 
     def set_input_tensor(self, input_tensor) -> None:
         """Receive the previous stage's output; split it between student and teacher."""
         t = input_tensor[0] if isinstance(input_tensor, (list, tuple)) else input_tensor
         student = _unwrap(self.module)
-        if t is None or not (self.use_teacher and self.teacher is not None):
+        if t is None or self.teacher is None:
             student.set_input_tensor(t)
             if self.teacher is not None:
                 self.teacher.set_input_tensor(None)
@@ -110,37 +140,16 @@ class DistillationStage(torch.nn.Module):
         student.set_input_tensor(s_part)
         self.teacher.set_input_tensor(t_part.detach())
 
-    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """Student output (logits on the last stage, ``[student | teacher]`` hidden states elsewhere)."""
+    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor):
+        """``(student_logits, teacher_logits or None)`` on the last stage, ``[student | teacher]`` states elsewhere."""
         out = self.module(tokens, position_ids, None)
-        self.teacher_logits = None
-        if not (self.use_teacher and self.teacher is not None):
-            return out
-        with torch.no_grad():
-            t_out = self.teacher(tokens, position_ids, None)
+        t_out = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                t_out = self.teacher(tokens, position_ids, None)
         if self.is_last_stage:
-            self.teacher_logits = t_out
-            return out
-        return torch.cat([out, t_out.to(out.dtype)], dim=-1)
-
-    def intermediate_states(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``[(projected_student_state, teacher_state), ...]`` captured by the last forward."""
-        result = []
-        for cs, ct in self._pairs:
-            if cs.value is None or ct.value is None:
-                raise RuntimeError("intermediate states were not captured; did the forward run on this stage?")
-            s = cs.value
-            if self.projection is not None:
-                s = self.projection(s.to(self.projection.weight.dtype))
-            result.append((s, ct.value))
-            cs.value = ct.value = None
-        return result
-
-    def remove_hooks(self) -> None:
-        """Detach the capture hooks."""
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
+            return out, t_out
+        return out if t_out is None else torch.cat([out, t_out.to(out.dtype)], dim=-1)
 
 
 def adjust_tensor_shapes(teacher_hidden: int):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -47,6 +46,7 @@ TOKENIZER_FILES = (
 #: The only Llama-3 RoPE scaling megatron-core implements (besides the factor).
 LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 _HF_ACT = {"silu": "silu", "relu": "relu", "gelu": "gelu"}
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -215,10 +215,98 @@ def hf_config_from_model_config(cfg: ModelConfig, model_type: Optional[str] = No
 
 
 def read_hf_config(directory: PathLike, trust_remote_code: bool = False):
-    """The transformers config of a model directory (``trust_remote_code`` only when asked)."""
+    """The transformers config of a model directory; never runs code shipped with the checkpoint.
+
+    The architecture is decided from ``config.json`` as plain JSON first: a ``model_type`` that cannot be
+    converted is refused before transformers sees the directory, whatever ``trust_remote_code`` says, and the
+    supported ones are native transformers classes, so the shipped code (``auto_map``) is never needed.
+    """
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+    path = Path(directory) / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist: not a Hugging Face model directory") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc})") from None
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    if model_type not in ARCHITECTURES:
+        raise ConfigError(f"{path}: model_type={model_type!r} is not supported (supported: {sorted(ARCHITECTURES)}); "
+                          "no code shipped with the checkpoint was run")
+    if trust_remote_code and raw.get("auto_map"):
+        log.warning("trust_remote_code=true ignored: model_type=%s is read with transformers' own classes",
+                    model_type)
+    return AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
+
+
+def token_ids_from_tokenizer(directory: Optional[PathLike]) -> dict[str, Optional[int]]:
+    """bos/eos/pad ids of a tokenizer directory: its ``generation_config.json``, else the tokenizer itself.
+
+    Empty when the directory has neither (the caller then keeps what it knows from the source metadata).
+    """
+    if directory is None or not Path(directory).is_dir():
+        return {}
+    gen = Path(directory) / "generation_config.json"
+    if gen.is_file():
+        data = json.loads(gen.read_text())
+        ids = {k: data.get(k) for k in TOKEN_ID_KEYS}
+        if any(v is not None for v in ids.values()):
+            return {k: v[0] if isinstance(v, list) and k != "eos_token_id" else v for k, v in ids.items()}
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable tokenizer just yields no ids
+        log.info("tokenizer in %s not readable for special-token ids (%s)", directory, exc)
+        return {}
+    return {k: getattr(tok, k, None) for k in TOKEN_ID_KEYS}
+
+
+def special_token_ids(hf_info: dict[str, Any], tokenizer_dir: Optional[PathLike]) -> dict[str, Optional[int]]:
+    """bos/eos/pad ids for an export: the source's config.json values, completed from the tokenizer."""
+    ids = {k: hf_info.get(k) for k in TOKEN_ID_KEYS}
+    if any(v is None for v in ids.values()):
+        for k, v in token_ids_from_tokenizer(tokenizer_dir).items():
+            if ids.get(k) is None:
+                ids[k] = v
+    return ids
+
+
+def rope_fields(cfg: ModelConfig) -> dict[str, Any]:
+    """RoPE settings in every spelling readers use.
+
+    ``rope_parameters`` (transformers >= 5) and top-level ``rope_theta`` / ``rope_scaling`` (transformers 4.x, vLLM, which silently fall back to theta 10000).
+    """
+    scaling = ({"rope_type": "llama3", "factor": cfg.rope_scaling_factor, **LLAMA3_ROPE}
+               if cfg.rope_scaling else None)
+    params = {"rope_type": "default", "rope_theta": cfg.rotary_base} if scaling is None else \
+        {**scaling, "rope_theta": cfg.rotary_base}
+    return {"rope_theta": cfg.rotary_base, "rope_scaling": scaling, "rope_parameters": params}
+
+
+def write_config_json(hf_cfg, cfg: ModelConfig, directory: PathLike, token_ids: dict[str, Any]) -> Path:
+    """``hf_cfg.save_pretrained`` plus what transformers' own serialisation leaves out for some readers.
+
+    Both RoPE spellings (:func:`rope_fields`) and the special-token ids, null ones included.
+    """
+    hf_cfg.save_pretrained(str(directory))
+    path = Path(directory) / "config.json"
+    data = json.loads(path.read_text())
+    data.update(rope_fields(cfg))
+    data.update({k: token_ids.get(k) for k in TOKEN_ID_KEYS})
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def write_generation_config(directory: PathLike, token_ids: dict[str, Any]) -> Optional[Path]:
+    """A minimal ``generation_config.json`` with the special-token ids (when the source had none)."""
+    path = Path(directory) / "generation_config.json"
+    if path.is_file() or all(v is None for v in token_ids.values()):
+        return None
+    data = {k: v for k, v in token_ids.items() if v is not None} | {"_from_model_config": True}
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def collect_tokenizer_files(directory: PathLike, dest: PathLike) -> list[str]:
@@ -237,7 +325,7 @@ def collect_tokenizer_files(directory: PathLike, dest: PathLike) -> list[str]:
 
 def import_hf(input_dir_or_gguf: PathLike, output_ckpt: PathLike, tp: int = 1, pp: int = 1, *,
               precision: str = "auto", tokenizer_dir: Optional[PathLike] = None, trust_remote_code: bool = False,
-              overwrite: bool = False, cache_dir: Optional[PathLike] = None) -> Path:
+              overwrite: bool = False, cache_dir: Optional[PathLike] = None, transformer_impl: str = "auto") -> Path:
     """Convert a Hugging Face model directory or GGUF file into a megatron checkpoint at ``output_ckpt``.
 
     Collective when run under torchrun: with ``tp * pp`` ranks every rank fills its own shard;
@@ -245,6 +333,7 @@ def import_hf(input_dir_or_gguf: PathLike, output_ckpt: PathLike, tp: int = 1, p
     ``tp``/``pp`` are still validated against the architecture). The tokenizer found next to the
     weights (or ``tokenizer_dir``) is carried into ``output_ckpt/tokenizer/``.
     """
+    from nemo_minitron.atomic import private_temp_dir
     from nemo_minitron.checkpoint import save_checkpoint
     from nemo_minitron.interop import gguf
     from nemo_minitron.interop.megatron_io import build_model_for_conversion, conversion_layout, fill_from_hf
@@ -252,7 +341,7 @@ def import_hf(input_dir_or_gguf: PathLike, output_ckpt: PathLike, tp: int = 1, p
 
     t0 = time.perf_counter()
     src = str(input_dir_or_gguf)
-    tmp_tok = Path(tempfile.mkdtemp(prefix="nm_tok_"))
+    tmp_tok = private_temp_dir("tok")
     try:
         if gguf.is_gguf_input(src):
             hf_cfg, source, _ = gguf.open_gguf(src, tmp_tok, cache_dir=cache_dir)
@@ -264,7 +353,7 @@ def import_hf(input_dir_or_gguf: PathLike, output_ckpt: PathLike, tp: int = 1, p
             source = HFWeights(src)
             tok_names = collect_tokenizer_files(tokenizer_dir or src, tmp_tok)
         cfg, info = model_config_from_hf(hf_cfg)
-        cfg = cfg.replace(precision=precision)
+        cfg = cfg.replace(precision=precision, transformer_impl=transformer_impl)
         cfg.replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp).validate()
         if not tok_names:
             log.warning("no tokenizer files found in %s: the checkpoint will carry no tokenizer", tokenizer_dir or src)
@@ -287,55 +376,68 @@ def import_hf(input_dir_or_gguf: PathLike, output_ckpt: PathLike, tp: int = 1, p
 # --------------------------------------------------------------------------- export
 
 
-def load_for_export(ckpt: PathLike, precision: str = "auto"):
-    """Build a TP=1 PP=1 model for checkpoint ``ckpt`` and load it; returns ``(model, cfg, metadata)``."""
-    from nemo_minitron.checkpoint import load_checkpoint, load_model_config
-    from nemo_minitron.interop.megatron_io import build_model_for_conversion
+def load_for_export(ckpt: PathLike, precision: str = "auto", transformer_impl: str = "auto", tp: int = 1,
+                    pp: int = 1):
+    """Build this rank's TP×PP stage for checkpoint ``ckpt`` and load it; returns ``(model, cfg, metadata)``.
 
-    cfg = load_model_config(ckpt).replace(precision=precision)
-    model = build_model_for_conversion(cfg, 1, 1)
-    meta = load_checkpoint(model, cfg, ckpt)
+    ``cfg`` keeps the checkpoint's TP=1/PP=1 view of the architecture; the model is built at
+    :func:`~nemo_minitron.interop.megatron_io.conversion_layout` of ``tp``/``pp``.
+    """
+    from nemo_minitron.checkpoint import load_checkpoint, load_model_config
+    from nemo_minitron.interop.megatron_io import build_model_for_conversion, conversion_layout
+
+    cfg = load_model_config(ckpt).replace(precision=precision, transformer_impl=transformer_impl)
+    btp, bpp = conversion_layout(tp, pp)
+    model = build_model_for_conversion(cfg, btp, bpp)
+    meta = load_checkpoint(model, cfg.replace(tensor_model_parallel_size=btp, pipeline_model_parallel_size=bpp), ckpt)
     return model, cfg, meta
 
 
 def export_hf(ckpt: PathLike, output_dir: PathLike, *, model_type: Optional[str] = None, dtype: str = "auto",
               max_shard_size: Union[str, int] = "5GB", overwrite: bool = False,
-              tokenizer_dir: Optional[PathLike] = None) -> Path:
+              tokenizer_dir: Optional[PathLike] = None, transformer_impl: str = "auto", tp: int = 1,
+              pp: int = 1) -> Path:
     """Write megatron checkpoint ``ckpt`` as a Hugging Face model directory ``output_dir``.
 
     ``model_type`` defaults to the one recorded at import, else the one implied by the architecture;
     ``dtype`` ``auto`` keeps the source's dtype recorded at import (else float32). Weights stream
-    into safetensors shards of at most ``max_shard_size``. Collective under torchrun (rank 0 writes).
+    into safetensors shards of at most ``max_shard_size``. Collective under torchrun (rank 0 writes):
+    launched with ``tp * pp`` ranks, each loads only its shard and full tensors stream to rank 0 one at
+    a time (:func:`~nemo_minitron.interop.megatron_io.iter_hf_tensors_sharded`).
     """
+    from nemo_minitron.atomic import check_output_path
     from nemo_minitron.checkpoint import tokenizer_path
-    from nemo_minitron.interop.megatron_io import iter_hf_tensors
+    from nemo_minitron.interop.megatron_io import iter_hf_tensors_sharded
+    from nemo_minitron.interop.safetensors_io import SAFE_INDEX as SAFE_INDEX_NAME
     from nemo_minitron.interop.safetensors_io import ShardedSafetensorsWriter
     from nemo_minitron.interop.safety import atomic_output_dir
 
     t0 = time.perf_counter()
-    out = Path(output_dir).absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"output {out} already exists; set overwrite=true or choose another output_path")
-    model, cfg, meta = load_for_export(ckpt)
+    out = check_output_path(output_dir, overwrite=overwrite, inputs=(ckpt,), markers=(SAFE_INDEX_NAME,))
+    model, cfg, meta = load_for_export(ckpt, transformer_impl=transformer_impl, tp=tp, pp=pp)
     hf_info = (meta.get("extra") or {}).get("hf") or {}
     if dtype == "auto":
         dtype = hf_info.get("dtype") or "float32"
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r} must be one of {sorted(DTYPES)} or auto")
-    hf_cfg = hf_config_from_model_config(cfg, model_type or hf_info.get("model_type"), dtype,
-                                         {k: hf_info.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
+    tok = tokenizer_dir or tokenizer_path(ckpt)
+    token_ids = special_token_ids(hf_info, tok)
+    hf_cfg = hf_config_from_model_config(cfg, model_type or hf_info.get("model_type"), dtype, token_ids)
     if is_rank0():
-        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        with atomic_output_dir(out, overwrite=overwrite, markers=(SAFE_INDEX_NAME,)) as tmp:
             writer = ShardedSafetensorsWriter(tmp, max_shard_size)
-            writer.add_all(iter_hf_tensors(model, cfg, DTYPES[dtype]))
+            writer.add_all(iter_hf_tensors_sharded(model, cfg, DTYPES[dtype]))
             files = writer.close()
-            hf_cfg.save_pretrained(str(tmp))
-            tok = tokenizer_dir or tokenizer_path(ckpt)
+            write_config_json(hf_cfg, cfg, tmp, token_ids)
             tok_names = collect_tokenizer_files(tok, tmp) if tok else []
+            write_generation_config(tmp, token_ids)
             if not tok_names:
                 log.warning("checkpoint %s carries no tokenizer; %s has weights and config only", ckpt, out)
         log.info("exported %s → %s (%s, %d files, %.1f MB, %.1f s)", ckpt, out, hf_cfg.model_type, len(files),
                  writer.total_bytes / 1e6, time.perf_counter() - t0)
+    else:  # the other ranks feed rank 0: gather their shards tensor by tensor
+        for _ in iter_hf_tensors_sharded(model, cfg):
+            pass
     barrier()
     return out
 
@@ -345,8 +447,7 @@ def save_hf_config_json(cfg: ModelConfig, directory: PathLike, model_type: Optio
     """Write only ``config.json`` for ``cfg`` (e.g. to build a reference transformers model in tests)."""
     hf_cfg = hf_config_from_model_config(cfg, model_type, dtype)
     Path(directory).mkdir(parents=True, exist_ok=True)
-    hf_cfg.save_pretrained(str(directory))
-    return Path(directory) / "config.json"
+    return write_config_json(hf_cfg, cfg, directory, {k: getattr(hf_cfg, k, None) for k in TOKEN_ID_KEYS})
 
 
 def describe(directory: PathLike) -> dict[str, Any]:

@@ -12,7 +12,9 @@ rules are testable on their own:
   split per half, so TP rank ``r`` holds ``[gate_r; up_r]``.
 
 The shapes come from the architecture (heads, groups, head_dim), never from ``hidden / heads``,
-so pruned models with an explicit ``kv_channels`` map exactly.
+so pruned models with an explicit ``kv_channels`` map exactly. Megatron names come from the name
+table (:mod:`nemo_minitron.models.names`) in their canonical local-spec spelling; a Transformer
+Engine model's fused norm names are translated there, so the rules serve both layer specs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Optional
 import torch
 
 from nemo_minitron.config.model import ModelConfig
+from nemo_minitron.models import names
 
 # --------------------------------------------------------------------------- fused tensors
 
@@ -102,7 +105,8 @@ class Rule:
     """How one megatron tensor is built from (and split back into) Hugging Face tensors."""
 
     mcore: str
-    """Megatron state-dict name (local spec, TP=1 naming), with the global layer index."""
+    """Megatron state-dict name in its canonical (local-spec, :mod:`nemo_minitron.models.names`) spelling,
+    TP=1 naming, with the global layer index; :func:`spec_name` gives the Transformer Engine spelling."""
 
     hf: tuple[str, ...]
     """Hugging Face names it is made of (one for a plain copy)."""
@@ -111,38 +115,43 @@ class Rule:
     """copy, qkv (merge q/k/v per group) or fc1 (gated [gate; up])."""
 
 
+def spec_name(rule: Rule, spec: str) -> str:
+    """The megatron name of ``rule`` under layer spec ``spec`` (``local`` or ``transformer_engine``)."""
+    return names.to_spec(rule.mcore, spec)
+
+
+#: Hugging Face names (inside ``model.layers.<i>.``) per layer-tensor role of :mod:`nemo_minitron.models.names`.
+_HF_LAYER = {
+    "attn_norm.weight": ("input_layernorm.weight",),
+    "attn_norm.bias": ("input_layernorm.bias",),
+    "qkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    "qkv.bias": ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
+    "q_norm.weight": ("self_attn.q_norm.weight",),
+    "q_norm.bias": ("self_attn.q_norm.bias",),
+    "k_norm.weight": ("self_attn.k_norm.weight",),
+    "k_norm.bias": ("self_attn.k_norm.bias",),
+    "proj.weight": ("self_attn.o_proj.weight",),
+    "proj.bias": ("self_attn.o_proj.bias",),
+    "mlp_norm.weight": ("post_attention_layernorm.weight",),
+    "mlp_norm.bias": ("post_attention_layernorm.bias",),
+    "fc1.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+    "fc1.bias": ("mlp.gate_proj.bias", "mlp.up_proj.bias"),
+    "fc2.weight": ("mlp.down_proj.weight",),
+    "fc2.bias": ("mlp.down_proj.bias",),
+}
+
+
 def layer_rules(cfg: ModelConfig, layer: int) -> list[Rule]:
     """Rules for transformer block ``layer`` (global, 0-based) of the architecture ``cfg``."""
-    m, h = f"decoder.layers.{layer}.", f"model.layers.{layer}."
-    rules = [
-        Rule(m + "input_layernorm.weight", (h + "input_layernorm.weight",)),
-        Rule(m + "self_attention.linear_qkv.weight",
-             (h + "self_attn.q_proj.weight", h + "self_attn.k_proj.weight", h + "self_attn.v_proj.weight"), "qkv"),
-        Rule(m + "self_attention.linear_proj.weight", (h + "self_attn.o_proj.weight",)),
-        Rule(m + "pre_mlp_layernorm.weight", (h + "post_attention_layernorm.weight",)),
-        Rule(m + "mlp.linear_fc2.weight", (h + "mlp.down_proj.weight",)),
-    ]
-    if cfg.gated_linear_unit:
-        rules.append(Rule(m + "mlp.linear_fc1.weight", (h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"), "fc1"))
-    else:
-        rules.append(Rule(m + "mlp.linear_fc1.weight", (h + "mlp.up_proj.weight",)))
-    if cfg.add_qkv_bias or cfg.add_bias_linear:
-        rules.append(Rule(m + "self_attention.linear_qkv.bias",
-                          (h + "self_attn.q_proj.bias", h + "self_attn.k_proj.bias", h + "self_attn.v_proj.bias"),
-                          "qkv"))
-    if cfg.add_bias_linear:
-        rules.append(Rule(m + "self_attention.linear_proj.bias", (h + "self_attn.o_proj.bias",)))
-        rules.append(Rule(m + "mlp.linear_fc2.bias", (h + "mlp.down_proj.bias",)))
-        if cfg.gated_linear_unit:
-            rules.append(Rule(m + "mlp.linear_fc1.bias", (h + "mlp.gate_proj.bias", h + "mlp.up_proj.bias"), "fc1"))
-        else:
-            rules.append(Rule(m + "mlp.linear_fc1.bias", (h + "mlp.up_proj.bias",)))
-    if cfg.qk_layernorm:
-        rules.append(Rule(m + "self_attention.q_layernorm.weight", (h + "self_attn.q_norm.weight",)))
-        rules.append(Rule(m + "self_attention.k_layernorm.weight", (h + "self_attn.k_norm.weight",)))
-    if cfg.normalization == "LayerNorm":
-        rules.append(Rule(m + "input_layernorm.bias", (h + "input_layernorm.bias",)))
-        rules.append(Rule(m + "pre_mlp_layernorm.bias", (h + "post_attention_layernorm.bias",)))
+    m, h = f"{names.LAYER_PREFIX}{layer}.", f"model.layers.{layer}."
+    rules = []
+    for t in names.layer_tensors(cfg.normalization, cfg.qk_layernorm, cfg.add_qkv_bias, cfg.add_bias_linear):
+        hf, kind = _HF_LAYER[t.role], "copy"
+        if t.role.startswith("qkv."):
+            kind = "qkv"
+        elif t.role.startswith("fc1."):
+            kind, hf = ("fc1", hf) if cfg.gated_linear_unit else ("copy", hf[1:])
+        rules.append(Rule(m + t.local, tuple(h + n for n in hf), kind))
     return rules
 
 
@@ -151,17 +160,17 @@ def model_rules(cfg: ModelConfig, layers: Optional[list[int]] = None, first_stag
     """All rules for the given global ``layers`` (default: all) plus embedding/final norm/output."""
     rules: list[Rule] = []
     if first_stage:
-        rules.append(Rule("embedding.word_embeddings.weight", ("model.embed_tokens.weight",)))
+        rules.append(Rule(names.EMBEDDING, ("model.embed_tokens.weight",)))
     for i in range(cfg.num_layers) if layers is None else layers:
         rules.extend(layer_rules(cfg, i))
     if last_stage:
-        rules.append(Rule("decoder.final_layernorm.weight", ("model.norm.weight",)))
+        rules.append(Rule(names.FINAL_NORM_WEIGHT, ("model.norm.weight",)))
         if cfg.normalization == "LayerNorm":
-            rules.append(Rule("decoder.final_layernorm.bias", ("model.norm.bias",)))
+            rules.append(Rule(names.FINAL_NORM_BIAS, ("model.norm.bias",)))
         if not cfg.share_embeddings_and_output_weights:
-            rules.append(Rule("output_layer.weight", ("lm_head.weight",)))
+            rules.append(Rule(names.OUTPUT_LAYER, ("lm_head.weight",)))
         elif not first_stage:  # PP>1 with tied embeddings: the last stage keeps its own copy of the embedding
-            rules.append(Rule("output_layer.weight", ("model.embed_tokens.weight",)))
+            rules.append(Rule(names.OUTPUT_LAYER, ("model.embed_tokens.weight",)))
     return rules
 
 

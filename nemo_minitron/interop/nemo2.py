@@ -9,16 +9,19 @@ Layout (as written by NeMo 2 for GPT models)::
       weights/                           megatron dist checkpoint (torch_dist): keys prefixed ``module.``,
                                          layers stacked, norms under the TE-fused names, + metadata.json, common.pt
 
-Import reads the architecture from ``context/model.yaml`` (vocabulary size from the embedding's
-shape when the YAML leaves it null) and loads ``weights/`` strictly with either norm spelling
-(:func:`~nemo_minitron.interop.te_names.load_dist_weights`). Export writes ``model.yaml`` in
-NeMo's vocabulary plus the tokenizer and weights; megatron-core (and this library) read it
-directly. NeMo's own ``io.load_context`` additionally needs ``context/io.json``, a fiddle
-serialisation of the Python objects, which is not written here.
+Import reads the architecture from ``context/model.yaml`` (or, without it, from ``context/io.json``;
+vocabulary size from the embedding's shape when the config leaves it null), the tokenizer from
+whatever directory or SentencePiece file the context names, and loads ``weights/`` strictly with
+either norm spelling (:func:`~nemo_minitron.interop.te_names.load_dist_weights`); the Lightning
+trainer state NeMo keeps in ``weights/common.pt`` is ignored. Export writes ``context/io.json``
+(the fiddle-serialised ``TrainerContext`` every NeMo entry point loads, written without importing
+NeMo, :mod:`~nemo_minitron.interop.fiddle_json`), ``model.yaml`` in NeMo's vocabulary, the
+tokenizer and the weights.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -27,7 +30,14 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from nemo_minitron.atomic import barrier, broadcast_from_rank0, collective_atomic_dir, is_rank0
+from nemo_minitron.atomic import (
+    barrier,
+    broadcast_from_rank0,
+    check_output_path,
+    clean_stale_temps,
+    collective_atomic_dir,
+    is_rank0,
+)
 from nemo_minitron.config.model import ConfigError, ModelConfig
 from nemo_minitron.logging import get_logger
 
@@ -48,10 +58,85 @@ _MODEL_CLASSES = {  # (model class, config class) by family, for model.yaml's _t
 TOKENIZER_TARGET = "nemo.collections.common.tokenizers.huggingface.auto_tokenizer.AutoTokenizer"
 
 
+TRAINER_CONTEXT = "nemo.lightning.io.pl.TrainerContext"
+TRAINER_TARGET = "nemo.lightning.pytorch.trainer.Trainer"
+TOKENIZER_NAME = "nemo_tokenizer"
+
+
 def is_nemo2_dir(path: PathLike) -> bool:
     """True when ``path`` looks like a NeMo 2 checkpoint directory (context/ and weights/)."""
     p = Path(path)
-    return (p / "context" / "model.yaml").is_file() and (p / "weights").is_dir()
+    ctx = p / "context"
+    return ((ctx / "model.yaml").is_file() or (ctx / "io.json").is_file()) and (p / "weights").is_dir()
+
+
+def read_context(src: PathLike) -> dict[str, Any]:
+    """The model section of a NeMo 2 context: ``{"_target_": model class, "config": {...}, "tokenizer": {...}}``.
+
+    ``context/model.yaml`` when present, else the ``model`` node of ``context/io.json``; the tokenizer
+    node is taken from ``io.json`` when ``model.yaml`` has none.
+    """
+    from nemo_minitron.interop.fiddle_json import read_fiddle_json
+
+    ctx = Path(src) / "context"
+    model: dict[str, Any] = {}
+    if (ctx / "model.yaml").is_file():
+        model = yaml.safe_load((ctx / "model.yaml").read_text()) or {}
+    if (ctx / "io.json").is_file() and (not model or not model.get("tokenizer")):
+        try:
+            root = read_fiddle_json(json.loads((ctx / "io.json").read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{ctx / 'io.json'} is not a readable fiddle context ({exc})") from None
+        node = root.get("model") if isinstance(root, dict) else None
+        if isinstance(node, dict):
+            model = model or node
+            model.setdefault("tokenizer", node.get("tokenizer"))
+    if not isinstance(model.get("config"), dict):
+        raise ConfigError(f"{ctx}: neither model.yaml nor io.json has a model config")
+    return model
+
+
+def context_tokenizer(src: PathLike, tokenizer: Any) -> Optional[Path]:
+    """The tokenizer directory or SentencePiece file a NeMo context names (relative to ``context/``)."""
+    ctx = Path(src) / "context"
+    candidates = []
+    if isinstance(tokenizer, dict):
+        for key in ("pretrained_model_name", "model_path", "tokenizer_model", "vocab_file"):
+            v = tokenizer.get(key)
+            if isinstance(v, dict):  # e.g. a nested AutoTokenizer node
+                v = v.get("pretrained_model_name")
+            if isinstance(v, str) and v:
+                candidates.append(v)
+    candidates.append(TOKENIZER_NAME)
+    for c in candidates:
+        p = Path(c) if Path(c).is_absolute() else ctx / c
+        if p.exists():
+            return p
+    return None
+
+
+def _stage_tokenizer(tok: Optional[Path], src: Path, dest: Path) -> bool:
+    """Copy the context's tokenizer (+ ``artifacts/generation_config.json``) into ``dest``; True if any."""
+    if tok is None:
+        return False
+    if tok.is_dir():
+        shutil.copytree(tok, dest)
+    else:  # a SentencePiece model file
+        dest.mkdir(parents=True)
+        shutil.copy2(tok, dest / "tokenizer.model")
+    gen = src / "context" / "artifacts" / "generation_config.json"
+    if gen.is_file() and not (dest / "generation_config.json").exists():
+        shutil.copy2(gen, dest / "generation_config.json")
+    return True
+
+
+def family_of(target: str) -> str:
+    """Hugging Face model_type of a NeMo model/config class name (Llama by default)."""
+    name = target.rsplit(".", 1)[-1].lower()
+    for family in ("qwen3", "qwen2", "mistral"):
+        if name.startswith(family):
+            return family
+    return "llama"
 
 
 def _activation_name(value: Any) -> str:
@@ -119,11 +204,29 @@ def model_yaml_from_config(cfg: ModelConfig) -> dict[str, Any]:
         conf.update(scale_factor=cfg.rope_scaling_factor, low_freq_factor=1.0, high_freq_factor=4.0,
                     old_context_len=8192)
     return {"_target_": model_cls, "config": conf,
-            "tokenizer": {"_target_": TOKENIZER_TARGET, "pretrained_model_name": "nemo_tokenizer"}}
+            "tokenizer": {"_target_": TOKENIZER_TARGET, "pretrained_model_name": TOKENIZER_NAME}}
+
+
+def io_json_from_config(cfg: ModelConfig, with_tokenizer: bool = True) -> str:
+    """``context/io.json`` for ``cfg``: the fiddle JSON NeMo loads.
+
+    ``TrainerContext(model=<Model>(config=<Config>(...), tokenizer=AutoTokenizer(...)), trainer=Trainer(),
+    extra={})``, the same content as :func:`model_yaml_from_config`.
+    """
+    from nemo_minitron.interop.fiddle_json import Call, PyRef, dumps
+
+    spec = model_yaml_from_config(cfg)
+    conf = {k: v for k, v in spec["config"].items() if k != "_target_"}
+    conf["activation_func"] = PyRef(conf["activation_func"]["_target_"])
+    model_args: dict[str, Any] = {"config": Call(spec["config"]["_target_"], conf)}
+    if with_tokenizer:
+        model_args["tokenizer"] = Call(TOKENIZER_TARGET, {"pretrained_model_name": TOKENIZER_NAME})
+    return dumps(Call(TRAINER_CONTEXT, {"model": Call(spec["_target_"], model_args),
+                                        "trainer": Call(TRAINER_TARGET), "extra": {}}))
 
 
 def import_nemo2(nemo2_dir: PathLike, output_ckpt: PathLike, tp: int = 1, pp: int = 1, *,
-                 precision: str = "auto", overwrite: bool = False) -> Path:
+                 precision: str = "auto", overwrite: bool = False, transformer_impl: str = "auto") -> Path:
     """Convert a NeMo 2 checkpoint (directory, or a tar archive of one) into a megatron checkpoint (collective).
 
     Archives are extracted next to ``output_ckpt`` with :func:`~nemo_minitron.interop.safety.safe_extract_tar`
@@ -133,56 +236,77 @@ def import_nemo2(nemo2_dir: PathLike, output_ckpt: PathLike, tp: int = 1, pp: in
 
     src = Path(nemo2_dir)
     if not (src.is_file() and tarfile.is_tarfile(src)):
-        return _import_nemo2_dir(src, output_ckpt, tp, pp, precision, overwrite)
+        return _import_nemo2_dir(src, output_ckpt, tp, pp, precision, overwrite, transformer_impl)
     from nemo_minitron.interop.safety import safe_extract_tar
 
     out = Path(output_ckpt).absolute()
     staging = None
     if is_rank0():
+        clean_stale_temps(out)
         staging = str(out.parent / f".{out.name}.nemo2-extract-{os.getpid()}")
-        safe_extract_tar(src, staging)
+        try:
+            safe_extract_tar(src, staging)
+        except BaseException:  # a refused (unsafe) or unreadable archive leaves nothing behind
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         found = [p.parent.parent for p in Path(staging).rglob("context/model.yaml")]
         staging = str(found[0]) if len(found) == 1 else staging
     root = Path(broadcast_from_rank0(staging))
     try:
-        return _import_nemo2_dir(root, output_ckpt, tp, pp, precision, overwrite)
+        return _import_nemo2_dir(root, output_ckpt, tp, pp, precision, overwrite, transformer_impl)
     finally:
         barrier()
         if is_rank0():
             shutil.rmtree(out.parent / f".{out.name}.nemo2-extract-{os.getpid()}", ignore_errors=True)
 
 
-def _import_nemo2_dir(src: Path, output_ckpt: PathLike, tp: int, pp: int, precision: str, overwrite: bool) -> Path:
+def _import_nemo2_dir(src: Path, output_ckpt: PathLike, tp: int, pp: int, precision: str, overwrite: bool,
+                      transformer_impl: str = "auto") -> Path:
     from nemo_minitron.checkpoint import save_checkpoint
+    from nemo_minitron.interop.hf import token_ids_from_tokenizer
     from nemo_minitron.interop.megatron_io import build_model_for_conversion, conversion_layout
     from nemo_minitron.interop.te_names import checkpoint_tensor_keys, load_dist_weights
 
     if not is_nemo2_dir(src):
-        raise FileNotFoundError(f"input_path={src} is not a NeMo 2 checkpoint (needs context/model.yaml and weights/)")
-    model_yaml = yaml.safe_load((src / "context" / "model.yaml").read_text())
+        raise FileNotFoundError(f"input_path={src} is not a NeMo 2 checkpoint (needs context/io.json or "
+                                "context/model.yaml, and weights/)")
+    model_yaml = read_context(src)
     emb = checkpoint_tensor_keys(src / "weights").get(PREFIX + "embedding.word_embeddings.weight")
-    cfg = model_config_from_nemo2(model_yaml, vocab_size=emb[0] if emb else None).replace(precision=precision)
+    cfg = model_config_from_nemo2(model_yaml, vocab_size=emb[0] if emb else None).replace(
+        precision=precision, transformer_impl=transformer_impl)
     cfg.replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp).validate()
     btp, bpp = conversion_layout(tp, pp)
     model = build_model_for_conversion(cfg, btp, bpp)
     load_dist_weights(model, src / "weights", prefix=PREFIX)
-    tok = src / "context" / "nemo_tokenizer"
-    out = save_checkpoint(model, cfg.replace(tensor_model_parallel_size=btp, pipeline_model_parallel_size=bpp),
-                          output_ckpt, overwrite=overwrite, tokenizer_dir=tok if tok.is_dir() else None,
-                          extra_metadata={"source": {"format": "nemo2", "path": str(src.absolute())}})
+    tok = context_tokenizer(src, model_yaml.get("tokenizer"))
+    if tok is None:
+        log.warning("%s/context names no tokenizer that exists: the checkpoint will carry none", src)
+    target = str(model_yaml.get("_target_") or model_yaml["config"].get("_target_") or "")
+    out = Path(output_ckpt).absolute()
+    staging = out.parent / f".{out.name}.nemo2-tokenizer-{os.getpid()}"
+    try:
+        has_tok = is_rank0() and _stage_tokenizer(tok, src, staging)
+        hf_info = {"model_type": family_of(target), "dtype": None,
+                   **(token_ids_from_tokenizer(staging) if has_tok else {})}
+        out = save_checkpoint(model, cfg.replace(tensor_model_parallel_size=btp, pipeline_model_parallel_size=bpp),
+                              output_ckpt, overwrite=overwrite, tokenizer_dir=staging if has_tok else None,
+                              extra_metadata={"source": {"format": "nemo2", "path": str(src.absolute())},
+                                              "hf": hf_info})
+    finally:
+        if is_rank0():
+            shutil.rmtree(staging, ignore_errors=True)
     log.info("imported NeMo 2 checkpoint %s → %s", src, out)
     return out
 
 
-def export_nemo2(ckpt: PathLike, output_dir: PathLike, *, overwrite: bool = False) -> Path:
+def export_nemo2(ckpt: PathLike, output_dir: PathLike, *, overwrite: bool = False, transformer_impl: str = "auto"
+                 ) -> Path:
     """Write megatron checkpoint ``ckpt`` as a NeMo 2 checkpoint directory (collective; atomic)."""
     from nemo_minitron.interop.hf import load_for_export
 
     t0 = time.perf_counter()
-    final = Path(output_dir).absolute()
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"output {final} already exists; set overwrite=true or choose another output_path")
-    model, cfg, _ = load_for_export(ckpt)
+    final = check_output_path(output_dir, overwrite=overwrite, inputs=(ckpt,), markers=("context/model.yaml",))
+    model, cfg, _ = load_for_export(ckpt, transformer_impl=transformer_impl)
     with collective_atomic_dir(final) as tmp:
         _write_nemo2(model, cfg, ckpt, tmp, final)
     if is_rank0():
@@ -194,17 +318,19 @@ def _write_nemo2(model, cfg: ModelConfig, ckpt: PathLike, tmp: Path, final: Path
     """Fill the temporary NeMo 2 directory ``tmp`` (collective)."""
     from megatron.core import dist_checkpointing
 
-    from nemo_minitron.checkpoint import tokenizer_path
+    from nemo_minitron.checkpoint import prepare_checkpoint_writer, tokenizer_path
 
     if is_rank0():
         (tmp / "weights").mkdir()
     barrier()
+    prepare_checkpoint_writer()
     dist_checkpointing.save(model.sharded_state_dict(prefix=PREFIX), str(tmp / "weights"))
     if is_rank0():
         ctx = tmp / "context"
         ctx.mkdir()
         (ctx / "model.yaml").write_text(yaml.safe_dump(model_yaml_from_config(cfg), sort_keys=False))
         tok = tokenizer_path(ckpt)
+        (ctx / "io.json").write_text(io_json_from_config(cfg, with_tokenizer=tok is not None))
         if tok is not None:
             shutil.copytree(tok, ctx / "nemo_tokenizer")
             if (tok / "generation_config.json").is_file():

@@ -85,6 +85,8 @@ class HFWeights:
         self._file_of: dict[str, Path] = {}
         self._handles: dict[Path, object] = {}
         self._bin_cache: dict[Path, dict] = {}
+        self.bytes_read = 0
+        """Tensor bytes read from safetensors files so far (``get`` and ``get_slice``)."""
         if (d / SAFE_INDEX).is_file():
             index = json.loads((d / SAFE_INDEX).read_text())
             self._file_of = {k: d / v for k, v in index["weight_map"].items()}
@@ -99,7 +101,13 @@ class HFWeights:
         else:
             raise FileNotFoundError(f"{d} holds no Hugging Face weights ({SAFE_SINGLE}, {SAFE_INDEX}, "
                                     f"{BIN_SINGLE} or {BIN_INDEX})")
+        root = d.resolve()
         for f in set(self._file_of.values()):
+            if root not in f.resolve().parents:
+                from nemo_minitron.checkpoint import CheckpointError
+
+                raise CheckpointError(f"weight shard {f} listed in the index of {d} lies outside that directory; "
+                                 "refusing to read it")
             if not f.is_file():
                 raise FileNotFoundError(f"weight shard {f} listed in the index of {d} does not exist")
 
@@ -123,10 +131,64 @@ class HFWeights:
         path = self._file_of[name]
         if path.suffix == ".bin":
             return self._load_bin(path)[name]
+        path, entry, data_start = self._entry(name)
+        t = read_safetensors_tensor(path, entry, data_start)
+        self.bytes_read += t.numel() * t.element_size()
+        return t
+
+    def _entry(self, name: str) -> tuple[Path, dict, int]:
+        path = self._file_of[name]
         if path not in self._handles:
             self._handles[path] = read_safetensors_header(path)
         header, data_start = self._handles[path]  # type: ignore[misc]
-        return read_safetensors_tensor(path, header[name], data_start)
+        return path, header[name], data_start
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of tensor ``name`` without reading its data (from the safetensors header)."""
+        if name not in self._file_of:
+            raise KeyError(f"tensor {name!r} not found in the Hugging Face weights of {self.directory}")
+        if self._file_of[name].suffix == ".bin":
+            return tuple(self._load_bin(self._file_of[name])[name].shape)
+        return tuple(self._entry(name)[1]["shape"])
+
+    def get_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        """``get(name).narrow(dim, start, stop - start)`` reading only those bytes (dims 0 and 1 of safetensors).
+
+        Rows (dim 0) are one contiguous read; columns (dim 1) one read per row. Tensor-parallel import
+        reads just this rank's part of each matrix this way.
+        """
+        if name not in self._file_of:
+            raise KeyError(f"tensor {name!r} not found in the Hugging Face weights of {self.directory}")
+        path = self._file_of[name]
+        if path.suffix == ".bin" or dim not in (0, 1):
+            return self.get(name).narrow(dim, start, stop - start).clone()
+        path, entry, data_start = self._entry(name)
+        dtype = _ST_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise ValueError(f"{path}: unsupported safetensors dtype {entry['dtype']}")
+        shape = list(entry["shape"])
+        if not 0 <= start <= stop <= shape[dim]:
+            raise ValueError(f"slice [{start}:{stop}] of dim {dim} is outside {name} {tuple(shape)}")
+        item = torch.empty((), dtype=dtype).element_size()
+        inner = 1
+        for s in shape[dim + 1:]:
+            inner *= s
+        rows = 1 if dim == 0 else shape[0]
+        row_stride = inner * shape[dim] * item  # bytes between consecutive outer rows
+        chunk = (stop - start) * inner * item
+        out_shape = shape[:dim] + [stop - start] + shape[dim + 1:]
+        buf = bytearray(chunk * rows)
+        view = memoryview(buf)
+        begin = entry["data_offsets"][0]
+        with open(path, "rb") as f:
+            for r in range(rows):
+                f.seek(data_start + begin + r * row_stride + start * inner * item)
+                if f.readinto(view[r * chunk:(r + 1) * chunk]) != chunk:
+                    raise ValueError(f"{path}: truncated tensor data")
+        self.bytes_read += len(buf)
+        if not buf:
+            return torch.empty(out_shape, dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(out_shape)
 
     def close(self) -> None:
         """Drop open file handles and cached .bin state dicts."""

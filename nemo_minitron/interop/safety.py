@@ -33,9 +33,12 @@ def _inside(root: Path, target: Path) -> bool:
     return target == root or root in target.parents
 
 
-def atomic_output_dir(path: PathLike, overwrite: bool = False):
-    """:func:`nemo_minitron.atomic.atomic_dir` raising :class:`OutputExistsError` for an existing output."""
-    return atomic_dir(path, overwrite=overwrite, exists_error=OutputExistsError)
+def atomic_output_dir(path: PathLike, overwrite: bool = False, markers: tuple[str, ...] = ()):
+    """:func:`nemo_minitron.atomic.atomic_dir` raising :class:`OutputExistsError` for an existing output.
+
+    With ``overwrite`` an existing directory is replaced only if it holds one of ``markers`` (or is empty).
+    """
+    return atomic_dir(path, overwrite=overwrite, exists_error=OutputExistsError, markers=markers)
 
 
 def safe_extract_tar(archive: PathLike, dest: PathLike) -> Path:

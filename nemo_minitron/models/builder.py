@@ -6,7 +6,9 @@ This is the only module that creates ``TransformerConfig`` objects. It chooses:
   local megatron-core spec (the only option on CPU);
 * the dtype: ``precision=auto`` means bf16 on a GPU and fp32 on the CPU (bf16 matmuls are ~50×
   slower on CPUs without native bf16);
-* the pipeline stage: the embedding lives on the first stage and the output layer on the last.
+* the pipeline stage: the embedding lives on the first stage and the output layer on the last;
+* the performance features (:func:`performance_settings`): sequence parallelism, activation
+  recompute and fused kernels, on by default on a GPU and off on the CPU.
 """
 
 from __future__ import annotations
@@ -54,6 +56,43 @@ def use_transformer_engine(cfg: ModelConfig) -> bool:
     return have_te
 
 
+def performance_settings(cfg: ModelConfig, on_gpu: bool, use_te: bool) -> dict[str, Any]:
+    """``TransformerConfig`` performance fields for ``cfg`` on a GPU (``on_gpu``) or the CPU, with or without TE.
+
+    null/auto values resolve to: sequence parallelism when ``on_gpu`` and TP > 1; selective recompute
+    on a GPU; bias-dropout and bias-activation fusion (SwiGLU / GeLU, the activations megatron-core
+    fuses) on a GPU, plus masked-softmax, RoPE and gradient-accumulation fusion with Transformer Engine
+    (which provides those kernels; without it megatron-core would need apex builds). Explicit values
+    are kept, except sequence parallelism, which needs TP > 1.
+    """
+    tp = cfg.tensor_model_parallel_size
+    sp = (on_gpu and tp > 1) if cfg.sequence_parallel is None else bool(cfg.sequence_parallel)
+    if sp and tp == 1:
+        log.warning("model.sequence_parallel=true has no effect with tensor_model_parallel_size=1; turned off")
+        sp = False
+    granularity = cfg.activations_checkpoint_granularity
+    if granularity == "auto":
+        granularity = "selective" if on_gpu else None
+    fuse = on_gpu if cfg.fusions is None else bool(cfg.fusions)
+    out: dict[str, Any] = dict(
+        sequence_parallel=sp,
+        recompute_granularity=granularity,
+        recompute_method=None,
+        recompute_num_layers=None,
+        bias_activation_fusion=fuse and ((cfg.activation == "silu" and cfg.gated_linear_unit)
+                                         or (cfg.activation == "gelu" and (cfg.gated_linear_unit or cfg.add_bias_linear))),
+        bias_dropout_fusion=fuse,
+        masked_softmax_fusion=fuse and use_te,
+        apply_rope_fusion=fuse and use_te,
+        gradient_accumulation_fusion=fuse and use_te,
+        persist_layer_norm=False,
+    )
+    if granularity == "full":
+        out["recompute_method"] = cfg.activations_checkpoint_method or "uniform"
+        out["recompute_num_layers"] = cfg.activations_checkpoint_num_layers or 1
+    return out
+
+
 def build_transformer_config(cfg: ModelConfig, **overrides: Any) -> Any:
     """megatron-core ``TransformerConfig`` for ``cfg`` (validated first). ``overrides`` win."""
     cfg.validate()
@@ -83,15 +122,7 @@ def build_transformer_config(cfg: ModelConfig, **overrides: Any) -> Any:
         fp16=dtype == torch.float16,
         # CPU init makes weights identical for every TP size and is the only option without CUDA.
         use_cpu_initialization=on_cpu,
-        # Fused kernels need CUDA (and usually TE/apex); keep them off on CPU.
-        bias_activation_fusion=False,
-        masked_softmax_fusion=False,
-        persist_layer_norm=False,
-        bias_dropout_fusion=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
-        # the model is small on CPU: deterministic tests want exact, unfused ops
-        sequence_parallel=False,
+        **performance_settings(cfg, on_gpu=not on_cpu, use_te=use_transformer_engine(cfg)),
     )
     kwargs.update(overrides)
     return mcore_compat.make_transformer_config(**kwargs)

@@ -7,7 +7,6 @@ Samples are split over data-parallel ranks; sums are all-reduced over DP.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from nemo_minitron.logging import get_logger
+from nemo_minitron.models import forward as _forward
 
 log = get_logger(__name__)
 
@@ -159,13 +159,13 @@ def eval_loss(model, batch: TokenBatch, ctx, mbs: int) -> float:
 
 
 @contextlib.contextmanager
-def skip_layers(model, layer_numbers: Iterable[int]):
-    """Temporarily turn the given 1-indexed layers of ``model`` (this stage) into identities."""
+def skip_layers(model, layers: Iterable[int]):
+    """Temporarily turn the given 0-based global layers of ``model`` (this stage) into identities."""
     module = getattr(model, "module", model)
-    skip = set(layer_numbers)
+    skip = set(layers)
     saved = []
     for layer in module.decoder.layers:
-        if int(layer.layer_number) in skip:
+        if int(layer.layer_number) - 1 in skip:
             saved.append((layer, layer.forward))
             layer.forward = lambda *a, **k: (k.get("hidden_states", a[0] if a else None), k.get("context"))
     try:
@@ -175,6 +175,4 @@ def skip_layers(model, layer_numbers: Iterable[int]):
             layer.forward = fwd
 
 
-def perplexity(loss: float) -> float:
-    """``exp(loss)`` guarded against overflow."""
-    return math.exp(min(loss, 700.0))
+perplexity = _forward.perplexity  # the package's one definition (nemo_minitron.models.forward)

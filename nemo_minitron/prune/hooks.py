@@ -12,7 +12,9 @@ Reduction (algorithms.md §3.5), done through an explicit :class:`~nemo_minitron
 running sums are all-reduced over DP *before* the final square root (exact); TP-sharded channel scores are
 all-gathered in TP-rank order (full vectors, no approximation); replicated norm outputs are taken from TP
 rank 0 once; per-layer results are gathered over PP and keyed by the global ``layer_number``. Every rank
-ends with identical full score vectors.
+ends with identical full score vectors. Under sequence parallelism the norm outputs and layer boundaries
+are split along the sequence over TP: their per-sample sums and counts are all-reduced over TP before
+any division or square root (:mod:`nemo_minitron.prune.seqpar`), so the scores equal those without it.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from nemo_minitron.models import names
 from nemo_minitron.prune.importance import BatchAccumulator, cosine_stats, group_scores, head_scores, seq_aggregate
+from nemo_minitron.prune.seqpar import local_mask, sequence_parallel_aggregate
 
 
 @dataclass
 class ImportanceScores:
-    """Full (TP=1 shaped) importance scores; layer keys are 1-indexed global layer numbers."""
+    """Full (TP=1 shaped) importance scores; layer keys are 0-based global layer indices (``layer_number − 1``)."""
 
     ffn: dict[int, torch.Tensor]
     """Per-layer neuron scores ``[f]``."""
@@ -79,15 +83,10 @@ class ImportanceScores:
         return cls(**d)
 
 
-def _norm_output(module: torch.nn.Module, x: torch.Tensor, normalization: str, eps: float) -> torch.Tensor:
-    """Recompute a TE-fused norm's output from its input (``layer_norm_weight``/``layer_norm_bias``)."""
-    x = x.float()
-    w = module.layer_norm_weight.float()
-    if normalization == "RMSNorm":
-        return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps) * w
-    b = getattr(module, "layer_norm_bias", None)
-    y = torch.nn.functional.layer_norm(x, x.shape[-1:], None, None, eps) * w
-    return y + b.float() if b is not None else y
+def _norm_output(module: torch.nn.Module, x: torch.Tensor, normalization: str, eps: float,
+                 zero_centered_gamma: bool = False) -> torch.Tensor:
+    """Recompute a TE-fused norm's output from its input (the one norm formula of :mod:`nemo_minitron.models.names`)."""
+    return names.fused_norm_output(module, x, normalization, eps, zero_centered_gamma)
 
 
 class ImportanceCollector:
@@ -95,8 +94,6 @@ class ImportanceCollector:
 
     def __init__(self, model: torch.nn.Module, ctx, num_heads: int, num_groups: int, seq_agg: str = "mean",
                  batch_agg: str = "l2", normalization: str = "RMSNorm", eps: float = 1e-5):
-        from megatron.core.transformer.identity_op import IdentityOp
-
         self.ctx, self.seq_agg, self.batch_agg = ctx, seq_agg, batch_agg
         self.num_heads, self.num_groups = num_heads, num_groups
         self.mask: Optional[torch.Tensor] = None
@@ -107,25 +104,36 @@ class ImportanceCollector:
         self.cos: dict[int, torch.Tensor] = {}
         self.layer_numbers: list[int] = []
         module = getattr(model, "module", model)
+        self.sequence_parallel = bool(getattr(getattr(module, "config", None), "sequence_parallel", False)) \
+            and ctx.tp_size > 1
+        """Norm outputs and layer boundaries hold this rank's block of the sequence (megatron's SP)."""
         for layer in module.decoder.layers:
-            n = int(layer.layer_number)
+            n = int(layer.layer_number) - 1  # 0-based global layer index
             self.layer_numbers.append(n)
             self.cos[n] = torch.zeros(2, dtype=torch.float64)
             self._pre(layer.mlp.linear_fc2, ("ffn", n))
             self._pre(layer.self_attention.linear_proj, ("attn", n))
-            for site, norm, fused in ((0, layer.input_layernorm, layer.self_attention.linear_qkv),
-                                      (1, layer.pre_mlp_layernorm, layer.mlp.linear_fc1)):
-                if isinstance(norm, IdentityOp) and hasattr(fused, "layer_norm_weight"):
-                    self._fused(fused, ("hid%d" % site, n), normalization, eps)
+            for site in (0, 1):
+                mod, fused = names.norm_site(layer, site)
+                if fused:
+                    self._fused(mod, ("hid%d" % site, n), normalization, eps)
                 else:
-                    self._post(norm, ("hid%d" % site, n))
+                    self._post(mod, ("hid%d" % site, n))
             self.handles.append(layer.register_forward_hook(self._layer_hook(n), with_kwargs=True))
 
     # ------------------------------------------------------------------ hooks
+    def _seq_mask(self) -> Optional[torch.Tensor]:
+        """The mask of the positions a sequence-split activation holds on this rank."""
+        return local_mask(self.mask, self.ctx.tp_rank, self.ctx.tp_size) if self.sequence_parallel else self.mask
+
     def _add(self, key: tuple[str, int], x: torch.Tensor) -> None:
         start = time.perf_counter()
         with torch.no_grad():
-            values, valid = seq_aggregate(x.detach(), self.mask, self.seq_agg)
+            if self.sequence_parallel and key[0].startswith("hid"):
+                values, valid = sequence_parallel_aggregate(x.detach(), self._seq_mask(), self.seq_agg,
+                                                            self.ctx.tp_group)
+            else:
+                values, valid = seq_aggregate(x.detach(), self.mask, self.seq_agg)
             if key not in self.acc:
                 self.acc[key] = BatchAccumulator(values.shape[-1], values.device)
             self.acc[key].update(values, valid)
@@ -150,7 +158,7 @@ class ImportanceCollector:
             h_in = kwargs.get("hidden_states", args[0] if args else None)
             h_out = out[0] if isinstance(out, (tuple, list)) else out
             with torch.no_grad():
-                s, c = cosine_stats(h_in.detach(), h_out.detach(), self.mask)
+                s, c = cosine_stats(h_in.detach(), h_out.detach(), self._seq_mask())
                 if self.cos[n].device != s.device:
                     self.cos[n] = self.cos[n].to(s.device)
                 self.cos[n] += torch.stack([s, c])
@@ -173,6 +181,10 @@ class ImportanceCollector:
         missing = [k for k in keys if k not in self.acc]
         if missing:
             raise RuntimeError(f"no activations were recorded for {missing[:3]}...: was the calibration pass run?")
+        if self.sequence_parallel and self.layer_numbers:  # each TP rank summed its own positions
+            cos = torch.stack([self.cos[n].to(device) for n in self.layer_numbers])
+            dist.all_reduce(cos, group=ctx.tp_group)
+            self.cos = {n: cos[i] for i, n in enumerate(self.layer_numbers)}
         packed = [self.acc[k].packed().to(device) for k in keys]
         sizes = [p.numel() for p in packed]
         flat = torch.cat(packed + [self.cos[n].to(device) for n in self.layer_numbers])

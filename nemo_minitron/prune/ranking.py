@@ -54,15 +54,15 @@ def attention_order(head_scores: torch.Tensor, group_scores: torch.Tensor, num_g
 
 
 def layers_to_drop(layer_scores: torch.Tensor, target_layers: int) -> list[int]:
-    """1-indexed layers with the lowest scores such that ``target_layers`` remain (ascending)."""
+    """0-based layers with the lowest scores such that ``target_layers`` remain (ascending)."""
     n = layer_scores.numel()
     if not 0 < target_layers <= n:
         raise ValueError(f"cannot keep {target_layers} of {n} layers")
     kept = top_k(layer_scores, target_layers)
-    return [i + 1 for i in range(n) if i not in set(kept)]
+    return [i for i in range(n) if i not in set(kept)]
 
 
 def best_block(block_losses: dict[int, float], block: int) -> list[int]:
-    """1-indexed contiguous block ``[s, s+block)`` whose removal gave the lowest loss (ties: earliest start)."""
+    """0-based contiguous block ``[s, s+block)`` whose removal gave the lowest loss (ties: earliest start)."""
     start = min(sorted(block_losses), key=lambda s: block_losses[s])
     return list(range(start, start + block))

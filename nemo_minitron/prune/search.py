@@ -4,6 +4,16 @@ Candidates are (hidden, ffn, heads, groups, layers) combinations on divisor grid
 original and no narrower than ``1 − max pruning`` of it; those whose exact parameter count lies in
 ``[target·(1 − tolerance), target]`` are kept, largest first, and the ``top_k`` are pruned from the
 cached scores and ranked by validation loss by the pipeline.
+
+Candidate API (stable; a scorer other than the zero-shot loss plugs in here):
+
+* :func:`enumerate_candidates` → the :class:`Candidate` shapes to score;
+* :func:`candidate_plan` → for one candidate, its width-only :class:`~nemo_minitron.prune.surgery.PrunePlan`
+  and the 0-based layers it drops. The pipeline builds the width plan at the run's TP × PP layout
+  (``pipeline.build_pruned_sharded``) and skips the dropped layers in the forward
+  (``calibrate.skip_layers``) instead of rebuilding the model;
+* :func:`rank_candidates` → candidates with their score (lower is better: the zero-shot validation LM
+  loss in ``pipeline``), best first, as the report's ``search`` section.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from nemo_minitron.config.model import ModelConfig
 from nemo_minitron.models.params import count_parameters
@@ -60,3 +71,21 @@ def enumerate_candidates(cfg: ModelConfig, target_params: int, tolerance: float 
             found.append(Candidate(h, f, k * cfg.query_groups, cfg.query_groups, n, params))
     found.sort(key=lambda c: (-c.params, -c.ffn_hidden_size, -c.num_layers, -c.hidden_size))
     return found[:top_k]
+
+
+def candidate_plan(cfg: ModelConfig, scores, cand: Candidate, depth_method: str):
+    """(width-only PrunePlan, 0-based dropped layers) of ``cand``; layers by ``layer_loss`` or else cosine."""
+    from nemo_minitron.prune.depth import select_drop
+    from nemo_minitron.prune.plan import make_plan
+
+    per_layer = "layer_loss" if depth_method == "layer_loss" else "cosine"
+    drop = select_drop(per_layer, cfg.num_layers, cand.num_layers, scores.layer_cosine, scores.layer_loss)
+    width = make_plan(cfg, scores, cand.ffn_hidden_size, cand.num_attention_heads, cand.num_query_groups,
+                      cand.hidden_size)
+    return width, drop
+
+
+def rank_candidates(cands: list[Candidate], losses: list[float], drops: list[list[int]]) -> list[dict[str, Any]]:
+    """Candidates as dicts with ``val_loss`` and ``dropped_layers``, lowest loss first (ties: more parameters)."""
+    rows = ({**c.to_dict(), "val_loss": loss, "dropped_layers": drop} for c, loss, drop in zip(cands, losses, drops))
+    return sorted(rows, key=lambda d: (d["val_loss"], -d["params"]))

@@ -1,4 +1,4 @@
-"""Width and depth surgery on a full (TP=1, PP=1 shaped) megatron-core GPTModel state dict.
+"""Width and depth surgery on full (TP=1 shaped) megatron-core GPTModel tensors, one tensor at a time.
 
 The plan lists, per axis, the original indices to keep *in the order they will appear* in the
 pruned model: ascending order prunes, an importance order with every index permutes (an
@@ -24,14 +24,13 @@ from typing import Any, Optional
 import torch
 
 from nemo_minitron.config.model import ModelConfig
+from nemo_minitron.models import names
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
-_HIDDEN_VECTORS = ("input_layernorm.weight", "input_layernorm.bias", "pre_mlp_layernorm.weight",
-                   "pre_mlp_layernorm.bias", "self_attention.linear_qkv.layer_norm_weight",
-                   "self_attention.linear_qkv.layer_norm_bias", "mlp.linear_fc1.layer_norm_weight",
-                   "mlp.linear_fc1.layer_norm_bias", "self_attention.linear_proj.bias", "mlp.linear_fc2.bias")
-_KEEP_AS_IS = ("self_attention.q_layernorm.weight", "self_attention.q_layernorm.bias",
-               "self_attention.k_layernorm.weight", "self_attention.k_layernorm.bias")
+#: 1-D layer tensors indexed by hidden channel, and per-head-dim tensors kept as they are (both layer specs).
+_HIDDEN_VECTORS = names.spellings("attn_norm.weight", "attn_norm.bias", "mlp_norm.weight", "mlp_norm.bias",
+                                  "proj.bias", "fc2.bias")
+_KEEP_AS_IS = names.spellings("q_norm.weight", "q_norm.bias", "k_norm.weight", "k_norm.bias")
 
 
 @dataclass
@@ -49,15 +48,6 @@ class PrunePlan:
     keep_layers: Optional[list[int]] = None
     """Kept layers (0-based, ascending)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (layer keys as 1-indexed layer numbers)."""
-        return {
-            "hidden": self.hidden,
-            "ffn": {str(k + 1): v for k, v in sorted(self.ffn.items())},
-            "query_groups": {str(k + 1): v for k, v in sorted(self.groups.items())},
-            "heads": {str(k + 1): v for k, v in sorted(self.heads.items())},
-            "kept_layers": None if self.keep_layers is None else [i + 1 for i in self.keep_layers],
-        }
 
 
 def _qkv_rows(groups: list[int], heads: list[int], hpg: int, d: int) -> list[int]:
@@ -107,64 +97,70 @@ def pruned_config(cfg: ModelConfig, plan: PrunePlan) -> ModelConfig:
     )
 
 
+def prune_global_tensor(key: str, value: torch.Tensor, plan: PrunePlan) -> torch.Tensor:
+    """Slice a tensor outside the decoder layers (embedding, output layer, final norm).
+
+    The hidden axis is never sharded over TP, so this works on a full tensor and on a TP shard alike.
+    """
+    hid = plan.hidden
+    if key in ("embedding.word_embeddings.weight", "embedding.position_embeddings.weight", "output_layer.weight"):
+        return _take(value, 1, hid)
+    if key.startswith("decoder.final_layernorm."):
+        return _take(value, 0, hid)
+    if key == "output_layer.bias" or key.endswith("rotary_pos_emb.inv_freq"):
+        return value
+    raise KeyError(f"pruning does not know how to slice state-dict key {key!r}")
+
+
+def prune_layer_tensor(name: str, value: torch.Tensor, layer: int, cfg: ModelConfig, plan: PrunePlan) -> torch.Tensor:
+    """Slice the full tensor ``name`` (key inside a decoder layer) of 0-based original layer ``layer``."""
+    hpg, d = cfg.num_attention_heads // cfg.query_groups, cfg.head_dim
+    hid = plan.hidden
+    groups = plan.groups.get(layer, list(range(cfg.query_groups))) if plan.groups else list(range(cfg.query_groups))
+    heads = plan.heads.get(layer) if plan.heads else None
+    if heads is None:
+        heads = [g * hpg + j for g in groups for j in range(hpg)]
+    attn_changed = bool(plan.groups or plan.heads)
+    ffn = plan.ffn.get(layer) if plan.ffn else None
+    if name in _HIDDEN_VECTORS:
+        v = _take(value, 0, hid)
+    elif name in _KEEP_AS_IS:
+        v = value
+    elif name == "self_attention.linear_qkv.weight":
+        v = _take(_take(value, 0, _qkv_rows(groups, heads, hpg, d) if attn_changed else None), 1, hid)
+    elif name == "self_attention.linear_qkv.bias":
+        v = _take(value, 0, _qkv_rows(groups, heads, hpg, d) if attn_changed else None)
+    elif name == "self_attention.linear_proj.weight":
+        v = _take(_take(value, 1, _proj_cols(groups, heads, hpg, d) if attn_changed else None), 0, hid)
+    elif name in ("mlp.linear_fc1.weight", "mlp.linear_fc1.bias"):
+        rows = None
+        if ffn is not None:
+            f = cfg.ffn_hidden_size
+            rows = list(ffn) + [f + i for i in ffn] if cfg.gated_linear_unit else list(ffn)
+        v = _take(value, 0, rows)
+        if name.endswith("weight"):
+            v = _take(v, 1, hid)
+    elif name == "mlp.linear_fc2.weight":
+        v = _take(_take(value, 1, ffn), 0, hid)
+    else:
+        raise KeyError(f"pruning does not know how to slice state-dict key decoder.layers.{layer}.{name}")
+    return v.clone()
+
+
 def prune_state_dict(sd: dict[str, Any], cfg: ModelConfig, plan: PrunePlan) -> tuple[dict[str, Any], ModelConfig]:
     """Apply ``plan`` to a full state dict of a GPTModel built from ``cfg`` → (new state dict, new config)."""
-    hpg, d = cfg.num_attention_heads // cfg.query_groups, cfg.head_dim
-    all_groups = list(range(cfg.query_groups))
-    hid = plan.hidden
     keep_layers = plan.keep_layers if plan.keep_layers is not None else list(range(cfg.num_layers))
     new_index = {old: new for new, old in enumerate(keep_layers)}
     out: dict[str, Any] = {}
     for key, value in sd.items():
         m = _LAYER.match(key)
+        if m and int(m.group(1)) not in new_index:
+            continue
+        new_key = f"decoder.layers.{new_index[int(m.group(1))]}.{m.group(2)}" if m else key
         if not isinstance(value, torch.Tensor) or key.endswith("_extra_state"):
-            if m:
-                if int(m.group(1)) in new_index:
-                    out[f"decoder.layers.{new_index[int(m.group(1))]}.{m.group(2)}"] = value
-            else:
-                out[key] = value
-            continue
-        if not m:
-            if key in ("embedding.word_embeddings.weight", "embedding.position_embeddings.weight",
-                       "output_layer.weight"):
-                out[key] = _take(value, 1, hid)
-            elif key.startswith("decoder.final_layernorm."):
-                out[key] = _take(value, 0, hid)
-            elif key == "output_layer.bias" or key.endswith("rotary_pos_emb.inv_freq"):
-                out[key] = value
-            else:
-                raise KeyError(f"pruning does not know how to slice state-dict key {key!r}")
-            continue
-        layer, name = int(m.group(1)), m.group(2)
-        if layer not in new_index:
-            continue
-        groups = plan.groups.get(layer, all_groups) if plan.groups else all_groups
-        heads = plan.heads.get(layer) if plan.heads else None
-        if heads is None:
-            heads = [g * hpg + j for g in groups for j in range(hpg)]
-        attn_changed = bool(plan.groups or plan.heads)
-        ffn = plan.ffn.get(layer) if plan.ffn else None
-        if name in _HIDDEN_VECTORS:
-            v = _take(value, 0, hid)
-        elif name in _KEEP_AS_IS:
-            v = value
-        elif name == "self_attention.linear_qkv.weight":
-            v = _take(_take(value, 0, _qkv_rows(groups, heads, hpg, d) if attn_changed else None), 1, hid)
-        elif name == "self_attention.linear_qkv.bias":
-            v = _take(value, 0, _qkv_rows(groups, heads, hpg, d) if attn_changed else None)
-        elif name == "self_attention.linear_proj.weight":
-            v = _take(_take(value, 1, _proj_cols(groups, heads, hpg, d) if attn_changed else None), 0, hid)
-        elif name in ("mlp.linear_fc1.weight", "mlp.linear_fc1.bias"):
-            rows = None
-            if ffn is not None:
-                f = cfg.ffn_hidden_size
-                rows = list(ffn) + [f + i for i in ffn] if cfg.gated_linear_unit else list(ffn)
-            v = _take(value, 0, rows)
-            if name.endswith("weight"):
-                v = _take(v, 1, hid)
-        elif name == "mlp.linear_fc2.weight":
-            v = _take(_take(value, 1, ffn), 0, hid)
+            out[new_key] = value
+        elif m:
+            out[new_key] = prune_layer_tensor(m.group(2), value, int(m.group(1)), cfg, plan)
         else:
-            raise KeyError(f"pruning does not know how to slice state-dict key {key!r}")
-        out[f"decoder.layers.{new_index[layer]}.{name}"] = v.clone()
+            out[new_key] = prune_global_tensor(key, value, plan)
     return out, pruned_config(cfg, plan)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from nemo_minitron.config.model import ConfigError, ModelConfig
 from nemo_minitron.config.prune import PruneConfig
 from nemo_minitron.models.params import count_parameters
+from nemo_minitron.prune.depth import DEPTH_METHODS
 from nemo_minitron.prune.importance import AGGREGATORS
 
-DEPTH_METHODS = ("block_loss", "layer_loss", "cosine")
 WIDTH_TARGETS = ("ffn_hidden_size", "num_attention_heads", "num_query_groups", "hidden_size")
 
 

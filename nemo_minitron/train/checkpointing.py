@@ -16,6 +16,7 @@ checkpoint. Older checkpoints beyond ``keep_last_k`` are deleted only after the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -76,6 +77,59 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Optional[Path]:
 def read_trainer_state(path: str | os.PathLike) -> dict:
     """The ``trainer_state.json`` of a train-state checkpoint."""
     return json.loads((Path(path) / STATE_FILE).read_text())
+
+
+#: Settings that may change when a run resumes (length, logging, outputs, parallel layout, loaders).
+RESUMABLE_PREFIXES = ("name", "trainer.", "exp_manager.", "export.", "model.tensor_model_parallel_size",
+                      "model.pipeline_model_parallel_size", "model.micro_batch_size", "model.data.num_workers",
+                      "model.data.index_mapping_dir", "data.num_workers", "data.index_cache_dir",
+                      "model.precision")
+
+
+def _flatten(obj, prefix: str = "") -> dict:
+    if dataclasses.is_dataclass(obj):
+        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        out: dict = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(obj, (list, tuple)):
+        obj = [list(x) if isinstance(x, (list, tuple)) else x for x in obj]
+    elif not isinstance(obj, (str, int, float, bool, type(None))):
+        obj = str(obj)
+    return {prefix[:-1]: obj}
+
+
+def run_identity(cfg) -> dict:
+    """The flattened settings of a training config that must not change on resume (JSON-serialisable).
+
+    Everything except :data:`RESUMABLE_PREFIXES`; ``kd.*`` only counts when distilling.
+    """
+    flat = _flatten(cfg)
+    keep = {}
+    for k, v in flat.items():
+        if any(k == p or k.startswith(p) for p in RESUMABLE_PREFIXES):
+            continue
+        if k.startswith("kd.") and flat.get("mode") != "distill":
+            continue
+        keep[k] = v
+    return keep
+
+
+def check_same_run(saved: Optional[dict], now: dict, path) -> None:
+    """Refuse to resume ``path`` when its run's settings differ from ``now`` (naming the keys)."""
+    if saved is None:  # checkpoints written before the settings were recorded
+        return
+    keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if not keys:
+        return
+    from nemo_minitron.config.model import ConfigError
+
+    shown = "; ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in keys[:8])
+    more = f" (and {len(keys) - 8} more)" if len(keys) > 8 else ""
+    raise ConfigError(f"{path} belongs to a run with different settings: {shown}{more}. Use another run directory "
+                      "(exp_manager.explicit_log_dir=...) or set those keys back to resume it")
 
 
 def _rng_state() -> dict:

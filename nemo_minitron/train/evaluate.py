@@ -2,19 +2,17 @@
 
 Samples are megatron ``GPTDataset`` windows (``seq_length`` tokens, same order for every model, so
 every checkpoint sees identical text); the loss is the mean next-token cross-entropy over positions
-whose ``loss_mask`` is set, computed from full-vocabulary logits (:func:`forward_logits`), so any
-TP/PP layout gives the same number.
+whose ``loss_mask`` is set (:func:`nemo_minitron.models.forward.lm_loss_sums`, the package's one
+forward engine and perplexity definition), so any TP/PP layout gives the same number.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from nemo_minitron.logging import get_logger
 
@@ -40,17 +38,9 @@ def heldout_batches(data_prefix: str, seq_length: int, num_samples: int, micro_b
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, batches: list[dict]) -> dict:
     """Token-weighted mean LM loss and perplexity of ``model`` (this rank's stage) on ``batches``. Collective."""
-    from nemo_minitron.models.forward import forward_logits
+    from nemo_minitron.models.forward import lm_loss_sums
 
-    total, count = 0.0, 0.0
-    for b in batches:
-        logits = forward_logits(model, b["tokens"])
-        ce = F.cross_entropy(logits.flatten(0, 1), b["labels"].flatten().to(logits.device), reduction="none")
-        mask = b["loss_mask"].flatten().to(ce.dtype).to(ce.device)
-        total += float((ce * mask).sum())
-        count += float(mask.sum())
-    loss = total / max(count, 1.0)
-    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": int(count)}
+    return lm_loss_sums(model, batches).to_dict()
 
 
 def evaluate_checkpoint(path: str | os.PathLike, batches: list[dict], tp: int = 1, pp: int = 1) -> dict:

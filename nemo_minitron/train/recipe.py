@@ -90,14 +90,29 @@ def run(cfg: TrainConfig, run_dir: Optional[str | Path] = None, data=None) -> Ru
     import torch.distributed as dist
 
     from nemo_minitron import runtime
-    from nemo_minitron.checkpoint import load_checkpoint, load_model_config, save_checkpoint, tokenizer_path
+    from nemo_minitron.atomic import check_output_path
+    from nemo_minitron.checkpoint import (
+        COMPLETE_MARKER,
+        load_checkpoint,
+        load_model_config,
+        save_checkpoint,
+        tokenizer_path,
+    )
     from nemo_minitron.distill.teacher import check_same_tokenizer, load_teacher
+    from nemo_minitron.interop.convert import resolve_checkpoint
     from nemo_minitron.models.builder import build_gpt_model
     from nemo_minitron.train.trainer import Trainer
 
     m = cfg.model
     runtime.init_distributed()
+    for key in ("restore_from_path", "kd_teacher_restore_from_path"):  # NeMo 2 / .nemo paths: converted once
+        if given(getattr(m, key)) and (key == "restore_from_path" or cfg.mode == "distill"):
+            setattr(m, key, str(resolve_checkpoint(getattr(m, key), key=f"model.{key}")))
     cfg.validate(dist.get_world_size())
+    if cfg.export.save_path:  # refuse before training, not after it
+        check_output_path(cfg.export.save_path, "export.save_path", overwrite=cfg.export.overwrite,
+                          inputs=(m.restore_from_path, m.kd_teacher_restore_from_path), markers=(COMPLETE_MARKER,),
+                          exists_error=ConfigError)
     ctx = runtime.init_model_parallel(m.tensor_model_parallel_size, m.pipeline_model_parallel_size, seed=m.seed)
     run_dir = Path(run_dir) if run_dir is not None else resolve_run_dir(cfg)
     restore = m.restore_from_path if given(m.restore_from_path) else None
@@ -126,7 +141,8 @@ def run(cfg: TrainConfig, run_dir: Optional[str | Path] = None, data=None) -> Ru
     status = trainer.fit()
     export = None
     if status == "completed" and cfg.export.save_path:
-        export = str(save_checkpoint(student, student_cfg, cfg.export.save_path, overwrite=True, tokenizer_dir=tok_dir,
+        export = str(save_checkpoint(student, student_cfg, cfg.export.save_path, overwrite=cfg.export.overwrite,
+                                     tokenizer_dir=tok_dir,
                                      extra_metadata={"trained_by": cfg.mode, "train_steps": trainer.step,
                                                      "teacher": teacher_path}))
     trainer.close()
@@ -142,13 +158,26 @@ def run_from_hydra(cfg) -> list[str]:
     Returns the summary lines for the script to print.
     """
     from hydra.utils import get_original_cwd
-    from omegaconf import OmegaConf
 
-    train_cfg = OmegaConf.to_object(cfg)
-    result = run(train_cfg, resolve_run_dir(train_cfg, default_base=get_original_cwd()))
+    from nemo_minitron.config.store import to_object
+    from nemo_minitron.train import signals
+
+    train_cfg = to_object(cfg)
+    run_dir = resolve_run_dir(train_cfg, default_base=get_original_cwd())
+    try:
+        result = run(train_cfg, run_dir)
+    except KeyboardInterrupt:  # a second Ctrl-C, or Ctrl-C with exp_manager.save_on_sigterm=false
+        log.warning("interrupted: stopped without saving; the run in %s resumes from its last checkpoint", run_dir)
+        raise SystemExit(signals.INTERRUPTED_EXIT_CODE) from None
     lines = [f"{train_cfg.mode}: {result.status} at step {result.step}; run dir {result.run_dir}"]
     if result.val:
         lines.append(f"validation loss {result.val['val_loss']:.4f}, perplexity {result.val['val_ppl']:.2f}")
     if result.export_path:
         lines.append(f"student saved to {result.export_path}")
+    if result.status == "preempted":
+        code = signals.exit_code()
+        for line in lines:
+            log.warning(line)
+        log.warning("stopped early with the checkpoint saved; run the same command to resume (exit code %d)", code)
+        raise SystemExit(code)
     return lines

@@ -1,8 +1,13 @@
-"""Pre-emption handling: SIGTERM / SIGUSR1 ask the trainer to checkpoint and exit at the next step boundary.
+"""Pre-emption handling: SIGTERM / SIGUSR1 / Ctrl-C ask the trainer to checkpoint and exit at the next step boundary.
 
 SLURM sends SIGTERM (or the signal chosen with ``--signal``, commonly SIGUSR1) some time before it
 kills a job. The handler only records the request; the training loop agrees on it across ranks
 (:func:`stop_requested` is a MAX all-reduce, so one signalled rank is enough) and then saves.
+
+Exit codes of the training entry points after such a stop (the checkpoint is saved; the same command
+resumes): :data:`PREEMPTED_EXIT_CODE` (75, ``EX_TEMPFAIL``) after SIGTERM/SIGUSR1, so a batch script
+can requeue (``[ $? -eq 75 ] && scontrol requeue $SLURM_JOB_ID``) and ``distill && export`` stops;
+:data:`INTERRUPTED_EXIT_CODE` (130) after Ctrl-C. A second Ctrl-C aborts at once without saving.
 """
 
 from __future__ import annotations
@@ -17,16 +22,29 @@ from nemo_minitron.logging import get_logger
 
 log = get_logger(__name__)
 
+#: Exit code after a SIGTERM / SIGUSR1 pre-emption that saved a checkpoint (sysexits ``EX_TEMPFAIL``).
+PREEMPTED_EXIT_CODE = 75
+#: Exit code after Ctrl-C (SIGINT) that saved a checkpoint (the shell's 128 + SIGINT).
+INTERRUPTED_EXIT_CODE = 130
+
 _requested = {"signal": None}
 _previous: dict[int, object] = {}
 
 
 def _handler(signum, frame) -> None:  # pragma: no cover - exercised through a subprocess test
+    if signum == signal.SIGINT and _requested["signal"] == signal.SIGINT:
+        raise KeyboardInterrupt  # second Ctrl-C: abort now
     _requested["signal"] = signum
-    log.warning("received signal %d: will save a checkpoint and stop after the current step", signum)
+    extra = " (press Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
+    log.warning("received signal %d: will save a checkpoint and stop after the current step%s", signum, extra)
 
 
-def install(signals: Iterable[int] = (signal.SIGTERM, signal.SIGUSR1)) -> None:
+def exit_code() -> int:
+    """The documented exit code for the stop that was requested (pre-emption unless it was Ctrl-C)."""
+    return INTERRUPTED_EXIT_CODE if _requested["signal"] == signal.SIGINT else PREEMPTED_EXIT_CODE
+
+
+def install(signals: Iterable[int] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)) -> None:
     """Install the handler for ``signals`` (main thread only; no-op elsewhere)."""
     for s in signals:
         try:
@@ -40,6 +58,10 @@ def uninstall() -> None:
     for s, h in _previous.items():
         signal.signal(s, h)  # type: ignore[arg-type]
     _previous.clear()
+
+
+def reset() -> None:
+    """Forget a recorded stop request (a new training run starts)."""
     _requested["signal"] = None
 
 

@@ -1,10 +1,8 @@
-"""Distillation and LM-loss training of a megatron-core GPT student (Minitron §3, arXiv 2407.14679; 2408.11796).
+"""Training loop for a megatron-core GPT student (Minitron §3, arXiv 2407.14679; 2408.11796).
 
-One loop serves both modes of :class:`~nemo_minitron.config.train.TrainConfig`:
-
-* ``distill``: logit KL against a frozen teacher (optionally intermediate-state losses and LM-loss
-  mixing, see :mod:`nemo_minitron.distill.losses`);
-* ``finetune``: LM loss only (teacher correction, or the LM-loss baseline of the demo).
+The loop knows one model chunk and one loss object (:mod:`nemo_minitron.distill.objective`): the
+chunk returns ``(student_logits, teacher_logits)`` on the last pipeline stage and the loss object,
+chosen by ``kd.loss`` (or the LM loss for ``mode=finetune``), turns them into the loss to train on.
 
 It uses megatron-core end to end: ``DistributedDataParallel``, ``get_megatron_optimizer`` (the
 distributed optimizer or plain Adam), the no-pipelining / 1F1B schedules with gradient
@@ -17,7 +15,6 @@ TensorBoard; a tqdm bar shows progress on rank 0. Train-state checkpoints
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from functools import partial
 from pathlib import Path
@@ -28,18 +25,15 @@ import torch.distributed as dist
 
 from nemo_minitron.config.model import ConfigError, ModelConfig
 from nemo_minitron.config.train import OPTIMIZERS, TrainConfig
-from nemo_minitron.distill import losses
-from nemo_minitron.distill.stage import DistillationStage, adjust_tensor_shapes
+from nemo_minitron.distill.objective import TrainingLoss, build_objective, lm_loss
+from nemo_minitron.distill.stage import DistillationStage
 from nemo_minitron.logging import get_logger
+from nemo_minitron.models.forward import perplexity
 from nemo_minitron.runtime import ParallelContext
 from nemo_minitron.train import checkpointing, signals
 from nemo_minitron.train.lr import lr_at
 
 log = get_logger(__name__)
-
-#: Scalars reduced from the last pipeline stage, in this order.
-LOSS_KEYS = ("loss", "kd_loss", "logits_loss", "intermediate_loss", "lm_loss")
-
 
 class DataProvider(Protocol):
     """Micro-batches for this data-parallel rank: dicts with tokens, labels, loss_mask, position_ids."""
@@ -57,12 +51,27 @@ def _make(cls, **kwargs):
     return cls(**{k: v for k, v in kwargs.items() if k in names})
 
 
+def apply_group_schedule(param_groups, lr: float, weight_decay: float) -> None:
+    """Set each megatron parameter group's LR and weight decay from its ``lr_mult`` / ``wd_mult``.
+
+    megatron-core marks norm weights and biases (1-D parameters) with ``wd_mult=0``; only its own
+    ``OptimizerParamScheduler`` applies the multipliers, so a loop that sets ``lr`` alone would decay
+    every parameter. NeMo renames the keys ``pre_lr_mult`` / ``pre_wd_mult``; both spellings are read.
+    """
+    for group in param_groups:
+        lr_mult = group.get("lr_mult", group.get("pre_lr_mult", 1.0))
+        wd_mult = group.get("wd_mult", group.get("pre_wd_mult", 1.0))
+        group["lr"] = lr * lr_mult
+        group["weight_decay"] = weight_decay * wd_mult
+
+
 class Trainer:
-    """Train ``student`` (this rank's stage) with KD from ``teacher`` or with the LM loss alone."""
+    """Train ``student`` (this rank's stage) on ``loss`` (default: built from ``cfg``, see ``build_objective``)."""
 
     def __init__(self, cfg: TrainConfig, ctx: ParallelContext, student: torch.nn.Module, student_cfg: ModelConfig,
                  data: DataProvider, run_dir: str | Path, teacher: Optional[torch.nn.Module] = None,
-                 teacher_cfg: Optional[ModelConfig] = None, tokenizer_dir: Optional[str] = None):
+                 teacher_cfg: Optional[ModelConfig] = None, tokenizer_dir: Optional[str] = None,
+                 loss: Optional[TrainingLoss] = None):
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
@@ -70,9 +79,6 @@ class Trainer:
         self.student_cfg, self.teacher_cfg = student_cfg, teacher_cfg
         self.run_dir = Path(run_dir)
         self.tokenizer_dir = tokenizer_dir
-        self.distill = cfg.mode == "distill"
-        if self.distill and teacher is None:
-            raise ValueError("mode=distill needs a teacher model")
         m = cfg.model
         self.mbs, self.seq = m.micro_batch_size, m.encoder_seq_length
         self.num_micro = cfg.num_microbatches(ctx.dp_size)
@@ -92,18 +98,15 @@ class Trainer:
                   params_dtype=tconf.params_dtype, use_distributed_optimizer=self.use_distopt),
             [self.ddp],
         )
-        self.stage = DistillationStage(
-            self.ddp, teacher if self.distill else None, student_cfg.hidden_size,
-            teacher_cfg.hidden_size if (self.distill and teacher_cfg) else 0,
-            intermediate_pairs=cfg.kd.intermediate_pairs if self.distill else None,
-            is_last_stage=ctx.is_last_stage, seed=student_cfg.seed,
-        )
-        self.proj_opt = None
-        if self.stage.projection is not None:
-            self.stage.projection.to(ctx.device)
-            self.proj_opt = torch.optim.AdamW(self.stage.projection.parameters(), lr=m.optim.lr,
-                                              betas=tuple(m.optim.betas), eps=m.optim.eps,
-                                              weight_decay=m.optim.weight_decay)
+        self.stage: DistillationStage
+        self.stage, self.loss = build_objective(cfg, ctx, self.ddp, teacher, student_cfg, teacher_cfg, loss)
+        self.report_keys = tuple(self.loss.report_keys)
+        # parameters the loss object owns (e.g. a KD projection): trained alongside, not in the student checkpoint
+        self.loss_params = [p for p in self.loss.parameters() if p.requires_grad]
+        self.loss_opt = None
+        if self.loss_params:
+            self.loss_opt = torch.optim.AdamW(self.loss_params, lr=m.optim.lr, betas=tuple(m.optim.betas),
+                                              eps=m.optim.eps, weight_decay=m.optim.weight_decay)
         tconf.no_sync_func = self.ddp.no_sync
         tconf.grad_scale_func = self.optimizer.scale_loss
         tconf.finalize_model_grads_func = self._finalize_grads
@@ -122,53 +125,23 @@ class Trainer:
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.ctx.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
-    def _loss_func(self, batch: dict, teacher_logits: Optional[torch.Tensor], inter: list, output: torch.Tensor):
-        from megatron.core import tensor_parallel
-
-        mask = batch["loss_mask"].float()
-        kd_parts = None
-        if self.distill:
-            kd = self.cfg.kd
-            kl_tok = losses.vocab_parallel_logit_kl(output, teacher_logits, self.ctx.tp_group, kd.temperature,
-                                                    kd.reverse_kl, kd.scale_by_t2, kd.top_k)
-            inter_loss = None
-            if inter:
-                per_pair = [losses.masked_mean(losses.hidden_state_loss(s, t, kd.intermediate_loss)
-                                               .transpose(0, 1), mask) for s, t in inter]
-                inter_loss = torch.stack(per_pair).mean()
-            kd_parts = (losses.masked_mean(kl_tok, mask), inter_loss)
-        # megatron's vocab_parallel_cross_entropy overwrites its input in place (logits -> exp(logits - max)),
-        # so it runs after everything else that reads the logits. With skip_lm_loss the LM loss is only
-        # reported: no autograd graph.
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not (self.distill and self.cfg.kd.skip_lm_loss)):
-            lm_tok = tensor_parallel.vocab_parallel_cross_entropy(output.float(), batch["labels"])
-            lm = losses.masked_mean(lm_tok, mask)
-        if kd_parts is None:
-            out = {"loss": lm, "lm_loss": lm}
-        else:
-            out = losses.balance_losses(lm, kd_parts[0], kd_parts[1], self.cfg.kd.skip_lm_loss, self.cfg.kd.kd_loss_scale)
-        # floats now: the schedule divides the returned loss tensor in place by the micro-batch count
-        report = {k: float(v.detach()) for k, v in out.items()}
-        return out["loss"], report
+    def _loss_func(self, batch: dict, output):
+        student_logits, teacher_logits = output
+        loss, report = self.loss(student_logits, teacher_logits, batch)
+        # detached copies: the schedule divides the returned loss tensor in place by the micro-batch count
+        return loss, {k: report[k].detach().clone() for k in self.report_keys}
 
     def _forward_step(self, data_iter: Iterator[dict], stage: DistillationStage):
         batch = self._to_device(next(data_iter))
-        output = stage(batch["tokens"], batch["position_ids"])
-        if not self.ctx.is_last_stage:
-            return output, None
-        inter = stage.intermediate_states() if stage.use_teacher and stage._pairs else []
-        teacher_logits, stage.teacher_logits = stage.teacher_logits, None  # do not keep them past the loss
-        return output, partial(self._loss_func, batch, teacher_logits, inter)
+        return stage(batch["tokens"], batch["position_ids"]), partial(self._loss_func, batch)
 
-    def _reduce_scalars(self, reports: list[dict], keys=LOSS_KEYS) -> dict:
-        """Average over micro-batches (last stage) and DP ranks; the result is on every rank."""
-        vec = torch.zeros(len(keys), dtype=torch.float64)
+    def _reduce_scalars(self, reports: list[dict], keys) -> dict:
+        """Average over micro-batches (last stage) and DP ranks; the result is on every rank (one host sync)."""
+        device = torch.device("cuda") if self.ctx.on_gpu else torch.device("cpu")
+        vec = torch.zeros(len(keys), dtype=torch.float64, device=device)
         if self.ctx.is_last_stage and reports:
-            for i, k in enumerate(keys):
-                vals = [float(r[k]) for r in reports if k in r]
-                vec[i] = sum(vals) / len(vals) if vals else 0.0
-        if self.ctx.on_gpu:
-            vec = vec.cuda()
+            vec = torch.stack([torch.stack([torch.as_tensor(r[k]).to(device, torch.float64).reshape(())
+                                            for r in reports]).mean() for k in keys])
         if self.ctx.pp_size > 1:
             dist.all_reduce(vec, group=self.ctx.pp_group)  # only the last stage contributes
         if self.ctx.dp_size > 1:
@@ -187,43 +160,39 @@ class Trainer:
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         self.stage.train()
-        if self.stage.teacher is not None:
-            self.stage.teacher.eval()
+        self.loss.train()
         self.ddp.zero_grad_buffer()
         self.optimizer.zero_grad()
-        if self.proj_opt is not None:
-            self.proj_opt.zero_grad(set_to_none=True)
-        kwargs = {}
-        if self.ctx.pp_size > 1 and self.stage.use_teacher:
-            kwargs["adjust_tensor_shapes_fn"] = adjust_tensor_shapes(self.stage.teacher_hidden)
+        if self.loss_opt is not None:
+            self.loss_opt.zero_grad(set_to_none=True)
+        kwargs = self.stage.schedule_kwargs()
         reports = get_forward_backward_func()(
             forward_step_func=self._forward_step, data_iterator=iter(micro_batches), model=[self.stage],
             num_microbatches=len(micro_batches), seq_length=self.seq, micro_batch_size=self.mbs,
             forward_only=False, **kwargs,
         )
         lr = self._lr(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_mult", 1.0)
+        apply_group_schedule(self.optimizer.param_groups, lr, self.cfg.model.optim.weight_decay)
         ok, grad_norm, _ = self.optimizer.step()
-        if self.proj_opt is not None:
-            self._step_projection(lr)
-        scalars = self._reduce_scalars(reports)
+        if self.loss_opt is not None:
+            self._step_loss_params(lr)
+        scalars = self._reduce_scalars(reports, self.report_keys)
         scalars.update(lr=lr, grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                        update_ok=float(bool(ok)))
         return scalars
 
-    def _step_projection(self, lr: float) -> None:
-        """Average the KD projection's gradients over DP, clip them, and step its AdamW."""
-        params = [p for p in self.stage.projection.parameters() if p.grad is not None]
+    def _step_loss_params(self, lr: float) -> None:
+        """Average the loss object's gradients over DP, clip them, and step their AdamW."""
+        params = [p for p in self.loss_params if p.grad is not None]
         if self.ctx.dp_size > 1:
             for p in params:
                 dist.all_reduce(p.grad, group=self.ctx.dp_group)
                 p.grad /= self.ctx.dp_size
         if self.cfg.trainer.gradient_clip_val > 0 and params:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.trainer.gradient_clip_val)
-        for g in self.proj_opt.param_groups:
+        for g in self.loss_opt.param_groups:
             g["lr"] = lr
-        self.proj_opt.step()
+        self.loss_opt.step()
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -242,44 +211,41 @@ class Trainer:
                 break
         if not batches:
             return None
-        self.stage.eval()
-        self.stage.use_teacher = False
+        self.ddp.eval()
 
         def loss_func(batch, output):
-            from megatron.core import tensor_parallel
+            lm = lm_loss(output, batch)
+            tokens = batch["loss_mask"].float().sum()
+            return lm * 0, {"lm_sum": (lm * tokens.clamp_min(1.0)).detach(), "tokens": tokens}
 
-            tok = tensor_parallel.vocab_parallel_cross_entropy(output.float(), batch["labels"])
-            mask = batch["loss_mask"].float()
-            return tok.sum() * 0, {"lm_sum": float((tok * mask).sum()), "tokens": float(mask.sum())}
-
-        def fwd(data_iter, stage):
+        def fwd(data_iter, model):
             batch = self._to_device(next(data_iter))
-            return stage(batch["tokens"], batch["position_ids"]), partial(loss_func, batch)
+            return model(batch["tokens"], batch["position_ids"], None), partial(loss_func, batch)
 
-        try:
+        try:  # the student alone: validation needs no teacher
             reports = get_forward_backward_func()(
-                forward_step_func=fwd, data_iterator=iter(batches), model=[self.stage],
+                forward_step_func=fwd, data_iterator=iter(batches), model=[self.ddp],
                 num_microbatches=len(batches), seq_length=self.seq, micro_batch_size=self.mbs, forward_only=True)
         finally:
-            self.stage.use_teacher = self.distill
             self.stage.train()
         sums = self._reduce_scalars([{"lm_sum": r["lm_sum"], "tokens": r["tokens"]} for r in reports] if reports
                                     else [], keys=("lm_sum", "tokens"))
         # _reduce_scalars averages; the ratio of averages is the token-weighted mean
         val_loss = sums["lm_sum"] / max(sums["tokens"], 1.0)
-        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+        return {"val_loss": val_loss, "val_ppl": perplexity(val_loss)}
 
     # ------------------------------------------------------------------ checkpoints
     def _trainer_state(self) -> dict:
         c = self.ctx
         return {"consumed_samples": self.consumed_samples, "mode": self.cfg.mode,
+                "config": checkpointing.run_identity(self.cfg),
                 "layout": {"tp": c.tp_size, "pp": c.pp_size, "dp": c.dp_size},
                 "optimizer": self.cfg.model.optim.name, "max_steps": self.cfg.trainer.max_steps}
 
     def _extra_state(self) -> dict:
-        if self.stage.projection is None:
+        if self.loss_opt is None:
             return {}
-        return {"projection": self.stage.projection.state_dict(), "projection_optim": self.proj_opt.state_dict()}
+        return {"loss": self.loss.state_dict(), "loss_optim": self.loss_opt.state_dict()}
 
     def save(self) -> Path:
         """Write a train-state checkpoint for the current step. Collective."""
@@ -295,7 +261,9 @@ class Trainer:
         path = checkpointing.latest_checkpoint(self.run_dir)
         if path is None:
             return False
-        saved = checkpointing.read_trainer_state(path).get("layout", {})
+        saved_state = checkpointing.read_trainer_state(path)
+        checkpointing.check_same_run(saved_state.get("config"), checkpointing.run_identity(self.cfg), path)
+        saved = saved_state.get("layout", {})
         now = {"tp": self.ctx.tp_size, "pp": self.ctx.pp_size, "dp": self.ctx.dp_size}
         if self.use_distopt and saved and (saved["tp"], saved["pp"]) != (now["tp"], now["pp"]):
             raise ConfigError(
@@ -308,9 +276,9 @@ class Trainer:
         state, extra = checkpointing.load_train_state(path, self.ddp, self.student_cfg, self.optimizer)
         self.step = int(state["step"])
         self.consumed_samples = int(state["consumed_samples"])
-        if self.stage.projection is not None and extra.get("projection"):
-            self.stage.projection.load_state_dict(extra["projection"])
-            self.proj_opt.load_state_dict(extra["projection_optim"])
+        if self.loss_opt is not None and extra.get("loss"):
+            self.loss.load_state_dict(extra["loss"])
+            self.loss_opt.load_state_dict(extra["loss_optim"])
         return True
 
     # ------------------------------------------------------------------ the loop
@@ -334,6 +302,7 @@ class Trainer:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        signals.reset()
         if em.save_on_sigterm:
             signals.install()
         self.maybe_resume()
@@ -364,9 +333,9 @@ class Trainer:
                     bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.2e}")
                 if self.step % max(1, t.log_every_n_steps) == 0 or self.step == t.max_steps:
                     self._log(scalars, self.step)
-                    log.info("step %d/%d loss %.4f (kd %.4f lm %.4f) lr %.3e grad_norm %.3f %.0f tokens/s",
-                             self.step, t.max_steps, scalars["loss"], scalars["kd_loss"], scalars["lm_loss"],
-                             scalars["lr"], scalars["grad_norm"], scalars["tokens_per_s"])
+                    parts = " ".join(f"{k} {scalars[k]:.4f}" for k in self.report_keys[1:])
+                    log.info("step %d/%d loss %.4f (%s) lr %.3e grad_norm %.3f %.0f tokens/s", self.step, t.max_steps,
+                             scalars["loss"], parts, scalars["lr"], scalars["grad_norm"], scalars["tokens_per_s"])
                 if t.val_check_interval and (self.step % t.val_check_interval == 0 or self.step == t.max_steps):
                     val = self.validate()
                     if val is not None:
@@ -397,8 +366,8 @@ class Trainer:
         return status
 
     def close(self) -> None:
-        """Release the TensorBoard writer and the capture hooks."""
-        self.stage.remove_hooks()
+        """Release the TensorBoard writer and the loss object's hooks."""
+        self.loss.close()
         if self.writer is not None:
             self.writer.close()
             self.writer = None

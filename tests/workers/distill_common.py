@@ -8,6 +8,7 @@ import torch
 
 from nemo_minitron.config.model import ModelConfig
 from nemo_minitron.config.train import TrainConfig
+from tests.tiny import tiny  # noqa: F401  (the distill workers and tests import it from here)
 
 
 class SyntheticData:
@@ -51,13 +52,6 @@ class SyntheticData:
         for k in range(0, self.valid_samples, self.mbs * self.dp_size):
             lo = base + k + self.dp_rank * self.mbs
             yield self._batch(list(range(lo, lo + self.mbs)))
-
-
-def tiny(**kw) -> ModelConfig:
-    base = dict(name="tiny", num_layers=4, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8,
-                num_query_groups=4, vocab_size=256, max_position_embeddings=256)
-    base.update(kw)
-    return ModelConfig(**base)
 
 
 def make_checkpoint(cfg: ModelConfig, path, seed: int, output_scale: float = 1.0) -> None:

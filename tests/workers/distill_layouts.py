@@ -37,7 +37,8 @@ def kl_checks(ctx) -> dict:
         val = losses.vocab_parallel_logit_kl(s_local, full_t[..., lo:hi], ctx.tp_group, **kw)
         (val * w).sum().backward()
         out[name] = {"loss_diff": float((val - ref).abs().max()), "grad_diff":
-                     float((s_local.grad - s_dense.grad[..., lo:hi]).abs().max()), "loss": float(ref.sum())}
+                     float((s_local.grad - s_dense.grad[..., lo:hi]).abs().max()), "loss": float(ref.sum()),
+                     "grad_max": float(s_dense.grad.abs().max())}
     return out
 
 

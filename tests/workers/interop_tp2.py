@@ -1,4 +1,4 @@
-"""2-process worker: HF -> megatron import sharded over TP=2 (and PP=2), logits at TP=2, export back to HF.
+"""2-process worker: HF -> megatron import sharded over TP=2 (and PP=2), logits at TP=2, sharded export back to HF.
 
 Usage: torchrun --nproc-per-node=2 interop_tp2.py WORKDIR KIND [KIND ...]
 Prints one RESULT line per check (rank 0).
@@ -36,7 +36,7 @@ def main() -> None:
         ckpt = import_hf(work / kind, work / f"{kind}_ckpt", tp=layout[0], pp=layout[1])
         tp2 = megatron_logits(ckpt, tp=2, pp=1)
         pp2 = megatron_logits(ckpt, tp=1, pp=2) if kind in ("llama_tied", "qwen3") else None
-        export_hf(ckpt, work / f"{kind}_hf")
+        export_hf(ckpt, work / f"{kind}_hf", tp=layout[0], pp=layout[1])  # each rank loads only its shard
         back = hf_logits(work / f"{kind}_hf")
         if rank == 0:
             report({"kind": kind, "import_layout": list(layout),

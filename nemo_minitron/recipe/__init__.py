@@ -1,0 +1,1 @@
+"""The Minitron recipe: teacher correction, iterative prune -> distill, evaluation and export."""

@@ -1,0 +1,133 @@
+"""Schema of ``examples/minitron.py``: correct the teacher, then prune -> distill, stage after stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+from nemo_minitron.config.model import ConfigError
+from nemo_minitron.config.prune import PruneConfig
+from nemo_minitron.config.train import KDConfig
+
+STEPS = ("correct", "prune", "distill", "evaluate", "export")
+EXPORT_FORMATS = ("megatron", "nemo2", "hf")
+
+
+@dataclass
+class TrainBudget:
+    """One training run's size and schedule (teacher correction or distillation)."""
+
+    steps: int = 0
+    """Optimizer steps; 0 skips the run (the input is passed on unchanged)."""
+
+    lr: float = 1e-4
+    """Peak learning rate (Adam), cosine to ``lr * min_lr_ratio`` after ``warmup_steps``."""
+
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of ``lr``."""
+
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+
+    checkpoint_every_n_steps: int = 100
+    """Train-state checkpoints (an interrupted run resumes from the last one)."""
+
+
+@dataclass
+class CompressionStage:
+    """One prune -> distill round; its student is the next round's input."""
+
+    name: str = MISSING
+    """Directory name of the round's outputs under ``work_dir`` (pruned/, distilled/, runs/)."""
+
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    """Pruning targets of this round (width/depth targets, drop_layers or target_params); calib_data defaults
+    to the recipe's ``train_data``."""
+
+    distill: TrainBudget = field(default_factory=lambda: TrainBudget(steps=100, lr=1e-4))
+    """Distillation budget of this round."""
+
+    teacher: str = "original"
+    """Teacher of the distillation: original (the corrected teacher) or previous (the previous round's student)."""
+
+
+@dataclass
+class MinitronConfig:
+    """``examples/minitron.py``: teacher correction -> importance -> prune -> distill -> evaluate -> export."""
+
+    work_dir: str = "minitron_run"
+    """Every output of the recipe; a step whose complete output exists here is skipped (runs continue)."""
+
+    teacher: str = MISSING
+    """Teacher: a nemo_minitron checkpoint, a Hugging Face directory, a NeMo 2 directory or a .gguf file."""
+
+    train_data: str = MISSING
+    """Tokenized training data (indexed-dataset prefix) for correction, calibration and distillation."""
+
+    valid_data: Optional[str] = None
+    """Held-out data (prefix, .txt or .jsonl) for the evaluate step; null skips evaluation."""
+
+    steps: list[str] = field(default_factory=lambda: list(STEPS))
+    """Which steps to run (any subset of correct, prune, distill, evaluate, export); the others must already
+    have their outputs when a later step needs them."""
+
+    correction: TrainBudget = field(default_factory=TrainBudget)
+    """Teacher correction: LM-loss fine-tuning of the teacher on ``train_data`` (steps=0 skips it)."""
+
+    stages: list[CompressionStage] = field(default_factory=list)
+    """Compression rounds in order (e.g. drop 8 layers, distill; then halve the MLP, distill)."""
+
+    seq_length: int = 256
+    """Tokens per training and evaluation sample."""
+
+    micro_batch_size: int = 2
+    """Sequences per micro-batch."""
+
+    global_batch_size: int = 8
+    """Sequences per optimizer step."""
+
+    tensor_model_parallel_size: int = 1
+    """TP size of every step."""
+
+    pipeline_model_parallel_size: int = 1
+    """PP size of every step."""
+
+    kd: KDConfig = field(default_factory=KDConfig)
+    """Distillation loss of every round."""
+
+    eval_samples: int = 32
+    """Held-out windows per evaluated model."""
+
+    export_formats: list[str] = field(default_factory=lambda: ["megatron"])
+    """Formats of the final student: megatron (the checkpoint itself), nemo2, hf."""
+
+    def validate(self) -> "MinitronConfig":
+        """Check values; raise :class:`ConfigError` naming the key. Returns self."""
+        for s in self.steps:
+            if s not in STEPS:
+                raise ConfigError(f"steps contains {s!r}; choose from {list(STEPS)}")
+        for f in self.export_formats:
+            if f not in EXPORT_FORMATS:
+                raise ConfigError(f"export_formats contains {f!r}; choose from {list(EXPORT_FORMATS)}")
+        if not self.stages and {"prune", "distill"} & set(self.steps):
+            raise ConfigError("stages is empty: give at least one {name, prune: {...}, distill: {steps: N}}")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"stages names must be unique, got {names}")
+        for i, s in enumerate(self.stages):
+            if s.teacher not in ("original", "previous"):
+                raise ConfigError(f"stages[{i}].teacher={s.teacher!r} must be original or previous")
+        for key in ("seq_length", "micro_batch_size", "global_batch_size", "eval_samples"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(f"global_batch_size={self.global_batch_size} is not divisible by "
+                              f"micro_batch_size={self.micro_batch_size}")
+        return self
+
+
+def register(cs) -> None:
+    """Register the schemas of this module."""
+    cs.store(name="minitron_schema", node=MinitronConfig)

@@ -1,0 +1,164 @@
+"""A table of bad inputs walked through every entry point, in process (nemo_minitron.cli.run).
+
+Each case must exit with status 2, print one to a few lines that name the key or file, print no
+traceback, not end with Hydra's HYDRA_FULL_ERROR hint, and leave no output behind (or leave an
+existing directory untouched).
+"""
+
+import importlib.util
+import shlex
+from pathlib import Path
+
+import pytest
+
+from nemo_minitron import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+_MODULES = {}
+
+
+def _entry(script: str):
+    if script not in _MODULES:
+        spec = importlib.util.spec_from_file_location(f"nm_example_{script}", ROOT / "examples" / f"{script}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        _MODULES[script] = mod
+    return _MODULES[script].main
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, world):
+    from nemo_minitron.checkpoint import save_checkpoint
+    from nemo_minitron.config.model import ModelConfig
+    from nemo_minitron.models.builder import build_gpt_model
+    from tests.fixtures import corpus as C
+    from tests.workers.interop_common import make_hf_model, make_tokenizer
+
+    root = tmp_path_factory.mktemp("bad")
+    hf = root / "hf"
+    make_hf_model("llama", hf)
+    notok = root / "hf_notok"
+    make_hf_model("llama", notok)
+    for f in notok.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            f.unlink()
+    tok = root / "tok"
+    make_tokenizer(tok)
+    cfg = ModelConfig(name="t", num_layers=2, hidden_size=64, ffn_hidden_size=96, num_attention_heads=8,
+                      num_query_groups=4, vocab_size=128, max_position_embeddings=256)
+    ckpt = save_checkpoint(build_gpt_model(cfg), cfg, root / "ckpt", tokenizer_dir=tok)
+    wt = C.write_wikitext_dir(root / "wt", n_train=4, n_valid=2, n_test=2)
+    import random
+
+    (root / "noise.txt").write_bytes(random.Random(0).randbytes(2048))
+    theirs = root / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("precious")
+    existing_ds = root / "ds_text_document"
+    for suffix in (".bin", ".idx"):
+        Path(str(existing_ds) + suffix).write_bytes(b"old")
+    return dict(root=root, hf=hf, notok=notok, tok=tok, ckpt=ckpt, wt=wt, noise=root / "noise.txt", theirs=theirs,
+                out=root / "out", ds=root / "ds")
+
+
+# (case id, entry point, arguments ({name} = a path of the fixture), text the message must contain)
+CASES = [
+    ("convert-empty-output", "convert_checkpoint", "input_path={hf} output_path= overwrite=true", "output_path"),
+    ("convert-cwd-output", "convert_checkpoint", "input_path={hf} output_path=. overwrite=true", "current directory"),
+    ("convert-output-holds-input", "convert_checkpoint", "input_path={hf} output_path={root} overwrite=true",
+     "contains the input"),
+    ("convert-foreign-dir-overwrite", "convert_checkpoint", "input_path={hf} output_path={theirs} overwrite=true",
+     "not an output of nemo_minitron"),
+    ("convert-missing-input", "convert_checkpoint", "input_path={root}/nope output_path={out}", "nope"),
+    ("convert-missing-tokenizer-path", "convert_checkpoint",
+     "input_path={hf} output_path={out} tokenizer_path={root}/no_tok", "tokenizer_path"),
+    ("convert-hf-without-tokenizer", "convert_checkpoint", "input_path={notok} output_path={out}",
+     "no tokenizer files"),
+    ("convert-unknown-key", "convert_checkpoint", "input_path={hf} output_path={out} outptu_format=hf",
+     "outptu_format"),
+    ("convert-bad-bool", "convert_checkpoint", "input_path={hf} output_path={out} overwrite=maybe", "overwrite"),
+    ("convert-missing-mandatory", "convert_checkpoint", "input_path={hf}", "output_path"),
+    ("prune-hf-dir", "megatron_prune", "model.restore_from_path={hf} export.save_path={out} prune.drop_layers=[1]",
+     "convert_checkpoint.py"),
+    ("prune-missing-ckpt", "megatron_prune",
+     "model.restore_from_path={root}/nockpt export.save_path={out} prune.drop_layers=[1]", "nockpt"),
+    ("prune-foreign-dir-overwrite", "megatron_prune",
+     "model.restore_from_path={ckpt} export.save_path={theirs} export.overwrite=true prune.drop_layers=[1]",
+     "export.save_path"),
+    ("prune-output-is-input", "megatron_prune",
+     "model.restore_from_path={ckpt} export.save_path={ckpt} export.overwrite=true prune.drop_layers=[1]",
+     "contains the input"),
+    ("prepare-missing-input", "prepare_wikitext", "input={root}/nocorpus tokenizer={tok} output_prefix={ds}",
+     "nocorpus"),
+    ("prepare-missing-tokenizer", "prepare_wikitext", "input={wt} tokenizer={root}/notok output_prefix={ds}",
+     "notok"),
+    ("prepare-random-bytes", "prepare_wikitext", "input={noise} tokenizer={tok} output_prefix={out}/noise workers=1",
+     "noise.txt"),
+    ("prepare-existing-output", "prepare_wikitext", "input={noise} tokenizer={tok} output_prefix={root}/ds workers=1",
+     "output_prefix"),
+    ("model-info-bad-output", "model_info", "model=smollm2-135m output=xml", "output="),
+    ("model-info-unknown-preset", "model_info", "model=no-such-model", "no-such-model"),
+    ("distill-missing-student", "megatron_distill",
+     "model.restore_from_path={root}/nostudent model.kd_teacher_restore_from_path={ckpt} "
+     "export.save_path={out} model.data.data_prefix=[{root}/x] exp_manager.explicit_log_dir={root}/run",
+     "nostudent"),
+    ("distill-export-exists", "megatron_distill",
+     "model.restore_from_path={ckpt} model.kd_teacher_restore_from_path={ckpt} export.save_path={theirs} "
+     "model.data.data_prefix=[{root}/x] exp_manager.explicit_log_dir={root}/run", "export.save_path"),
+]
+
+
+@pytest.mark.parametrize("case,script,args,needle", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case, script, args, needle, inputs, capsys, monkeypatch):
+    cwd = inputs["root"] / "cwd"
+    cwd.mkdir(exist_ok=True)
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv(cli.VERBOSE_ENV, raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    argv = shlex.split(args.format(**{k: str(v) for k, v in inputs.items()}))
+    with pytest.raises(SystemExit) as exc:
+        cli.run(_entry(script), argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("[W", "W1", "I1"))]
+    assert exc.value.code == cli.EXIT_USER_ERROR, err
+    assert "Traceback" not in err, err
+    assert lines and lines[-1].find("HYDRA_FULL_ERROR") < 0, err
+    ours = [ln for ln in lines if ln.startswith("error:") or ln.startswith("  ")]
+    assert ours and ours[0].startswith("error:") and len(ours) <= 8, err
+    assert needle in "\n".join(ours), err
+    assert not inputs["out"].exists(), f"{case} left {inputs['out']}"
+    assert sorted(p.name for p in inputs["theirs"].iterdir()) == ["notes.txt"]
+    assert Path(str(inputs["ds"]) + "_text_document.bin").read_bytes() == b"old"
+    leftovers = [p.name for p in inputs["root"].iterdir() if p.name.startswith(".")]
+    assert not leftovers, leftovers
+
+
+def test_verbose_shows_the_traceback(inputs, monkeypatch, capsys):
+    monkeypatch.chdir(inputs["root"] / "cwd") if (inputs["root"] / "cwd").is_dir() else None
+    monkeypatch.setenv(cli.VERBOSE_ENV, "1")
+    from nemo_minitron.config.model import ConfigError
+
+    with pytest.raises(ConfigError):
+        cli.run(_entry("model_info"), ["model=smollm2-135m", "output=xml"])
+
+
+def test_readme_eod_token_override_parses():
+    """The README's eod_token example must be a string Hydra's override parser accepts, after the shell."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    readme = (ROOT / "README.md").read_text()
+    shown = [s for s in readme.split("`") if "eod_token=" in s]
+    assert shown, "README shows no eod_token override"
+    for text in shown:
+        (word,) = shlex.split(text)
+        (override,) = OverridesParser.create().parse_overrides([word])
+        assert override.key_or_group == "eod_token" and override.value() == "<|endoftext|>"
+
+
+def test_error_lines_name_the_path_and_drop_embedded_tracebacks():
+    full = OSError(28, "No space left on device", "/data/out/weights/__0_0.distcp")
+    assert cli.error_lines(full) == ["[Errno 28] No space left on device: '/data/out/weights/__0_0.distcp'"]
+    wrapped = RuntimeError("checkpoint X: failed (CheckpointException ranks:[0]\nTraceback (most recent call last):\n"
+                           "  File \"a.py\", line 1, in f\nFileNotFoundError: no such file: 'X/w'\n)")
+    (line,) = cli.error_lines(wrapped)
+    assert "Traceback" not in line and line.endswith("no such file: 'X/w'")

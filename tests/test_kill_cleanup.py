@@ -1,0 +1,186 @@
+"""kill -9 and SIGTERM of real entry-point processes: previous output or nothing, no orphans, no temp dirs.
+
+Each case starts an ``examples/*.py`` command in its own process, waits for a point of its run
+(imports, the hidden temporary output appearing), signals it, and then checks: the previous
+complete output is untouched (or there is none), no process it started is still alive, and after
+SIGTERM (or after the next run, for kill -9) no temporary directory of ours is left.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
+
+
+def _children(pid: int) -> set[int]:
+    """All descendants of ``pid`` (from /proc)."""
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    out, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, p in parents.items() if p in frontier} - out
+        out |= frontier
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_gone(pids, timeout=20.0) -> set[int]:
+    end = time.time() + timeout
+    while time.time() < end:
+        left = {p for p in pids if _alive(p)}
+        if not left:
+            return set()
+        time.sleep(0.2)
+    return {p for p in pids if _alive(p)}
+
+
+def _temps(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+def _signal_at(cmd, ready, sig, timeout=300):
+    """Run ``cmd``; when ``ready()`` turns true send ``sig``; return (returncode, descendants seen, stderr)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: set[int] = set()
+    end = time.time() + timeout
+    try:
+        while proc.poll() is None and time.time() < end:
+            seen |= _children(proc.pid)
+            if ready():
+                seen |= _children(proc.pid)
+                proc.send_signal(sig)
+                break
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, seen, err
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from tests.workers.interop_common import make_hf_model
+
+    d = tmp_path_factory.mktemp("kill") / "hf"
+    make_hf_model("llama", d)
+    return d
+
+
+def test_checkpoint_writer_child_dies_with_its_parent(tmp_path):
+    """megatron-core's writer keeps a multiprocessing server process; kill -9 of the parent must take it along."""
+    script = textwrap.dedent("""
+        import sys, time
+        from nemo_minitron import runtime
+        from nemo_minitron.checkpoint import save_checkpoint
+        from nemo_minitron.config.model import ModelConfig
+        from nemo_minitron.models.builder import build_gpt_model
+        runtime.init_model_parallel(1, 1, seed=1)
+        cfg = ModelConfig(name="t", num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
+                          num_query_groups=2, vocab_size=64, max_position_embeddings=64)
+        save_checkpoint(build_gpt_model(cfg), cfg, sys.argv[1])
+        print("SAVED", flush=True)
+        time.sleep(300)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "ckpt")], env=ENV, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "SAVED"
+        kids = _children(proc.pid)
+        assert kids, "the writer started no helper process: this test would not test anything"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        assert not _wait_gone(kids), "helper processes outlived their parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+_SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("sig,point", [(signal.SIGTERM, "during-save"),
+                                       pytest.param(signal.SIGKILL, "during-save", marks=_SLOW),
+                                       pytest.param(signal.SIGTERM, "early", marks=_SLOW),
+                                       pytest.param(signal.SIGKILL, "early", marks=_SLOW)],
+                         ids=["sigterm-during-save", "kill9-during-save", "sigterm-early", "kill9-early"])
+def test_convert_interrupted(hf_dir, tmp_path, sig, point):
+    out = tmp_path / "ckpt"
+    cmd = [sys.executable, "examples/convert_checkpoint.py", f"input_path={hf_dir}", f"output_path={out}",
+           "overwrite=true", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    # a previous complete output that must survive the interrupted replacement
+    first = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = (out / "nemo_minitron.json").read_bytes()
+    t0 = time.time()
+    if point == "during-save":
+        def ready():
+            return any(p.name.startswith(".ckpt.incomplete-") for p in tmp_path.iterdir())
+    else:
+        def ready():
+            return time.time() - t0 > 2.0
+    rc, seen, err = _signal_at(cmd, ready, sig)
+    assert "Traceback" not in err, err[-3000:]
+    assert rc != 0 or point == "during-save", "the signal must land while the command runs"
+    if rc == 0:  # the save finished between two polls: a complete new output
+        assert (out / "COMPLETE").is_file()
+    else:
+        assert rc in (-sig, 128 + sig), (rc, err[-2000:])
+        assert (out / "nemo_minitron.json").read_bytes() == before
+    assert not _wait_gone(seen), "processes outlived the command"
+    if sig == signal.SIGTERM:
+        assert _temps(tmp_path) == [], _temps(tmp_path)
+    again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _temps(tmp_path) == [], _temps(tmp_path)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill9"])
+def test_prepare_interrupted_keeps_the_previous_set(tmp_path, sig):
+    from tests.fixtures import corpus as C
+
+    wt = C.write_wikitext_dir(tmp_path / "wt", n_train=400, n_valid=40, n_test=40)
+    tok = C.train_bpe_tokenizer([C.wikitext_text(C.make_articles(20))], tmp_path / "tok")
+    cmd = [sys.executable, "examples/prepare_wikitext.py", f"input={wt}", f"tokenizer={tok}",
+           f"output_prefix={tmp_path / 'ds' / 'wt'}", "workers=2", "overwrite=true", "progress=false",
+           f"hydra.run.dir={tmp_path / 'hydra'}"]
+    first = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    ds = tmp_path / "ds"
+    before = {p.name: p.read_bytes() for p in ds.iterdir()}
+    assert len(before) == 9
+
+    def ready():
+        return any(p.name.startswith(".wt.tmp-") for p in ds.iterdir())
+
+    rc, seen, err = _signal_at(cmd, ready, sig)
+    assert "Traceback" not in err, err[-3000:]
+    after = {p.name: p.read_bytes() for p in ds.iterdir() if not p.name.startswith(".")}
+    assert rc in (-sig, 128 + sig), (rc, err[-2000:])
+    assert after == before, "an interrupted run changed part of the previous set"
+    assert not _wait_gone(seen), "worker processes outlived the command"
+    if sig == signal.SIGTERM:
+        assert _temps(ds) == []
+    again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _temps(ds) == []
