@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=${BUNDLE:-.gpu_bundle}
 LIMIT_MB=${LIMIT_MB:-60}
-PY=$(STACK=newest EXTRAS=test bash scripts/setup_env.sh)
+PY=$(STACK=newest bash scripts/setup_env.sh)
 tmp="$BUNDLE.tmp"
 rm -rf "$tmp"; mkdir -p "$tmp"
 # the requirement closure of what the GPU check imports, minus torch's own closure, at installed versions

@@ -78,9 +78,14 @@ def test_wheel_builds_from_exactly_the_dockerfile_copies(tmp_path):
     )
     assert build.returncode == 0, build.stderr[-3000:]
     names = zipfile.ZipFile(next((tmp_path / "whl").glob("nemo_minitron-*.whl"))).namelist()
-    assert "nemo_minitron/mcore_compat.py" in names and "nemo_minitron/conf/config.yaml" in names
+    assert "nemo_minitron/mcore_compat.py" in names and "nemo_minitron/conf/megatron_prune.yaml" in names
     # every RUN step's local script is among the copied files
-    for script in re.findall(r"python (scripts/\S+\.py|examples/\S+\.py)", (REPO / "Dockerfile").read_text()):
+    text = (REPO / "Dockerfile").read_text()
+    scripts = re.findall(r"python ((?:scripts|examples)/[\w./-]+\.py)", text)
+    for loop in re.findall(r"for entry in ([\w ]+); do", text):
+        scripts += [f"examples/{name}.py" for name in loop.split()]
+    assert len(scripts) >= 5, scripts
+    for script in scripts:
         assert (ctx / script).exists(), f"Dockerfile runs {script} but does not COPY it"
 
 

@@ -106,7 +106,7 @@ def test_cli_prints_the_breakdown():
 
 @pytest.mark.multiproc
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("tp,pp,distopt", [(1, 1, False), (2, 1, True), (1, 2, False), (2, 2, True)])
+@pytest.mark.parametrize("tp,pp,distopt", [(1, 1, False), (2, 1, True), (1, 2, False)])
 def test_planned_memory_within_15_percent_of_measured(tp, pp, distopt):
     """Planner per-process memory vs the measured resident-set growth of two real KD steps (fp32, CPU)."""
     results = torchrun(REPO / "tests" / "workers" / "plan_memory.py", tp * pp, [str(tp), str(pp), str(int(distopt))],

@@ -20,6 +20,10 @@ from tests.launch import report  # noqa: E402
 ARCH = dict(name="plan_check", num_layers=4, hidden_size=1024, ffn_hidden_size=4096, num_attention_heads=16,
             num_query_groups=4, vocab_size=8192, max_position_embeddings=256, precision="fp32")
 MBS, GBS, SEQ = 1, 2, 64
+# Resident memory a gloo/CPU megatron process adds on its first steps besides tensors (allocator arenas,
+# communication buffers, lazily created kernels): the CPU counterpart of the planner's CUDA/NCCL reserve.
+# Measured once (TP=1, 2 cores, megatron-core 0.16.1) as ~155 MiB above the planned tensors.
+CPU_RUNTIME_RESERVE = 160 * 2**20
 
 
 def layout(tp: int, pp: int, distopt: bool):
@@ -59,7 +63,7 @@ def main() -> None:
     for _ in range(2):
         trainer.train_step([next(it) for _ in range(trainer.num_micro)])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    planned = stage_memory(cfg, cfg, layout(tp, pp, distopt), ctx.pp_rank).total
+    planned = stage_memory(cfg, cfg, layout(tp, pp, distopt), ctx.pp_rank, CPU_RUNTIME_RESERVE).total
     report({"rank": ctx.rank, "stage": ctx.pp_rank, "tp": tp, "pp": pp, "distopt": distopt,
             "measured": peak - base, "planned": planned})
     runtime.shutdown()
