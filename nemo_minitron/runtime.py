@@ -235,9 +235,14 @@ def init_model_parallel(tp: int = 1, pp: int = 1, seed: int = 1234) -> ParallelC
             f"world size {world} is not divisible by tensor_model_parallel_size={tp} × "
             f"pipeline_model_parallel_size={pp}"
         )
-    if ps.model_parallel_is_initialized():
-        ps.destroy_model_parallel()
-    ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    same = ps.model_parallel_is_initialized() and (
+        ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()) == (tp, pp)
+    if not same:
+        # megatron's destroy_model_parallel only forgets its groups: each re-initialisation creates ~20 new
+        # process groups (with gloo, two threads each), so the same layout keeps the groups it has.
+        if ps.model_parallel_is_initialized():
+            ps.destroy_model_parallel()
+        ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     ctx = ParallelContext(
         rank=dist.get_rank(),
         world_size=world,

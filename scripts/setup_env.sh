@@ -5,7 +5,7 @@
 #                            (the NeMo 25.11 / 26.02 generation)                          -> .venv-mcore015
 #   STACK=newest             megatron-core 0.19.2, Python 3.12, torch 2.13.0 (CUDA build from PyPI, ~4.8 GB,
 #                            runs on CPU too)                                             -> .venv-mcore-newest
-#   VENV=... overrides the folder, EXTRAS=hf,test,eval (primary; hf,test elsewhere) the extras, PYTHON=... the interpreter.
+#   VENV=... overrides the folder, EXTRAS=hf,test (default) the extras, PYTHON=... the interpreter.
 # The stack's torch / megatron-core / transformers are installed first; the package itself is then installed
 # under a constraints file holding exactly those versions, so installing nemo_minitron never moves them
 # (the same way the Dockerfile installs into the NeMo container).
@@ -27,7 +27,7 @@ case "$STACK" in
   *) echo "setup_env.sh: unknown STACK=$STACK (primary, mcore015 or newest)" >&2; exit 2 ;;
 esac
 VENV=${VENV:-$default_venv}
-EXTRAS=${EXTRAS:-$( [ "$STACK" = primary ] && echo hf,test,eval || echo hf,test)}
+EXTRAS=${EXTRAS:-hf,test}
 PYTHON=${PYTHON:-$default_python}
 if [ -z "$PYTHON" ]; then
   echo "setup_env.sh: STACK=$STACK needs Python 3.12 (set PYTHON=/path/to/python3.12)" >&2; exit 2

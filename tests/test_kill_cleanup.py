@@ -185,3 +185,35 @@ def test_prepare_interrupted_keeps_the_previous_set(tmp_path, sig):
     again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     assert _temps(ds) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill9"])
+def test_prune_interrupted_during_save_keeps_the_previous_output(hf_dir, tmp_path, sig):
+    src = tmp_path / "src"
+    conv = subprocess.run([sys.executable, "examples/convert_checkpoint.py", f"input_path={hf_dir}",
+                           f"output_path={src}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert conv.returncode == 0, conv.stderr[-2000:]
+    out = tmp_path / "pruned"
+    cmd = [sys.executable, "examples/megatron_prune.py", f"model.restore_from_path={src}", f"export.save_path={out}",
+           "export.overwrite=true", "prune.drop_layers=[1]"]
+    first = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = (out / "nemo_minitron.json").read_bytes()
+
+    def ready():
+        return any(p.name.startswith(".pruned.incomplete-") for p in tmp_path.iterdir())
+
+    rc, seen, err = _signal_at(cmd, ready, sig)
+    assert "Traceback" not in err, err[-3000:]
+    if rc == 0:  # the save finished between two polls: a complete new output
+        assert (out / "COMPLETE").is_file()
+    else:
+        assert rc in (-sig, 128 + sig), (rc, err[-2000:])
+        assert (out / "nemo_minitron.json").read_bytes() == before
+    assert not _wait_gone(seen), "processes outlived the command"
+    if sig == signal.SIGTERM:
+        assert _temps(tmp_path) == [], _temps(tmp_path)
+    again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _temps(tmp_path) == [], _temps(tmp_path)
