@@ -74,3 +74,16 @@ def test_torchrun_env_wins_over_slurm():
 def test_single_process_env():
     d = detect_dist_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"})
     assert (d.rank, d.world_size, d.launcher) == (0, 1, "single") and d.master_port > 0
+
+
+def test_reinitialising_the_same_layout_creates_no_process_groups(world):
+    """megatron's destroy_model_parallel only forgets its groups; each re-init used to add ~50 gloo threads."""
+    import os
+
+    from nemo_minitron import runtime
+
+    before = len(os.listdir("/proc/self/task"))
+    for _ in range(3):
+        ctx = runtime.init_model_parallel(1, 1, seed=1234)
+    assert ctx.tp_size == 1 and ctx.pp_size == 1
+    assert len(os.listdir("/proc/self/task")) <= before + 2
