@@ -4,7 +4,7 @@
 #   2. each stack in COMPAT_STACKS (default: mcore015 = megatron-core 0.15.3 + transformers 4.57, Python 3.11;
 #      newest = megatron-core 0.19.2, Python 3.12): the `compat` subset (build, TP/PP logits, dist-ckpt reshard,
 #      prune, KD steps, resume, HF interop, install check), each in its own venv made by scripts/setup_env.sh;
-#   0. (GPU_BUNDLE=1, default) scripts/gpu_bundle.sh builds .gpu_bundle/, which tests/test_gpu_bundle.py installs
+#   0. (GPU_BUNDLE=1, default) scripts/gpu_bundle.sh builds .gpu_bundle/, which tests/packaging/test_gpu_bundle.py installs
 #      offline into a bare Python 3.12 + torch venv and runs `scripts/gpu_check.sh --dry-run` against;
 #   3. each script in TIERS (e.g. TIERS="scripts/test_nemo.sh"), run with bash; its exit code counts.
 # COMPAT_STACKS="" runs the primary stack only. Slow tests on the real SmolLM2 model: NEMO_MINITRON_SLOW=1.

@@ -15,7 +15,7 @@ from nemo_minitron.data.preprocess import preprocess_corpus
 from tests.fixtures import corpus as C
 from tests.launch import torchrun
 
-WORKER = Path(__file__).parent / "workers" / "data_dp.py"
+WORKER = Path(__file__).parents[1] / "workers" / "data_dp.py"
 
 
 @pytest.fixture(scope="module")

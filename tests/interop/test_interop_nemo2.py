@@ -10,7 +10,7 @@ import torch
 
 from tests.workers.interop_common import hf_logits, make_hf_model
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _add_trainer_state(nemo: Path) -> None:

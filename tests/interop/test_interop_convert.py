@@ -16,7 +16,7 @@ import torch
 from nemo_minitron.config.model import ConfigError
 from tests.workers.interop_common import hf_logits, make_hf_model
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- config

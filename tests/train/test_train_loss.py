@@ -1,7 +1,7 @@
 """The trainer's loss and gradients equal an independent dense computation on plain (unwrapped) models.
 
 Guards the loss plumbing around megatron (DDP, schedules, vocab-parallel CE that overwrites its input)
-rather than the loss math itself (tests/test_distill_losses.py).
+rather than the loss math itself (tests/distill/test_distill_losses.py).
 """
 
 import pytest

@@ -13,7 +13,7 @@ import pytest
 
 from nemo_minitron import cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _MODULES = {}
 
 

@@ -20,7 +20,7 @@ from nemo_minitron.prune.plan import make_plan, permutation_plan
 from nemo_minitron.prune.surgery import prune_state_dict
 from tests.tiny import tiny
 
-REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 VARIANTS = {
     "llama": dict(),

@@ -38,7 +38,7 @@ def ckpts(world, tmp_path_factory):
     return work
 
 
-@pytest.mark.parametrize("name", ["toy_mse_logits", "tests.test_distill_objective:ToyMSELogits"])
+@pytest.mark.parametrize("name", ["toy_mse_logits", "tests.distill.test_distill_objective:ToyMSELogits"])
 def test_a_new_loss_is_one_class_and_one_config_line(world, ckpts, tmp_path, name):
     cfg = train_cfg("distill", teacher=str(ckpts / "teacher"), max_steps=2, optim="adam", seq=16, mbs=2, gbs=2)
     cfg.kd.loss = name  # the one config line

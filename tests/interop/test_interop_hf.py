@@ -13,7 +13,7 @@ from nemo_minitron.interop import mapping
 from tests.launch import torchrun
 from tests.workers.interop_common import KINDS, TOKENS, hf_logits, make_hf_model, megatron_logits
 
-WORKER = Path(__file__).parent / "workers" / "interop_tp2.py"
+WORKER = Path(__file__).parents[1] / "workers" / "interop_tp2.py"
 TOL = 1e-5
 
 

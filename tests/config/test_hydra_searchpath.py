@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # setuptools' strict editable installs expose hydra_plugins.* to imports but not to pkgutil.iter_modules (which
 # Hydra's plugin discovery uses); a wheel install needs nothing. The checkout root on the path stands in for it.
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
