@@ -15,6 +15,11 @@ each rank reads only its slice of every safetensors tensor, and export loads onl
 full tensors stream to rank 0 one at a time; the table prints the largest per-process peak next to
 the TP=1 one (ideal ratio of the model-dependent part: about 1/TP).
 Finally megatron logits are compared with transformers' on a few sentences.
+
+``--memory`` measures instead, for a random ~310M-parameter model (fp32 weights 1.2 GiB, so weights dominate the
+process baseline), the per-process peak RSS of hf -> megatron and megatron -> hf at TP=1 and at TP=2, each in a
+fresh process (glibc's mmap threshold fixed at 128 KiB as in ``bench_prune.py --memory``), and prints the TP=2
+peak of the busiest rank as a ratio of the TP=1 peak.
 """
 
 from __future__ import annotations
@@ -68,10 +73,78 @@ def step(name: str, work: Path) -> dict:
         convert(work / "megatron_tp2", "megatron", work / "hf_tp2", "hf", dtype="float32", tp=2)
     elif name == "hf_to_nemo2":
         convert(work / "hf", "hf", work / "nemo2", "nemo2")
+    elif name == "mem_make":
+        make_memory_model(work)
+    elif name.startswith("mem_hf_to_megatron_tp"):
+        tp = int(name.rsplit("tp", 1)[1])
+        convert(work / "hf", "hf", work / f"megatron_tp{tp}", "megatron", tp=tp, precision="fp32")
+    elif name.startswith("mem_megatron_to_hf_tp"):
+        tp = int(name.rsplit("tp", 1)[1])
+        convert(work / "megatron", "megatron", work / f"hf_tp{tp}", "hf", dtype="float32", tp=tp)
     elif name == "logits":
         return logits(work)
     return {"step": name, "seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(_peak_mb(), 1),
             "rss_before_mb": round(base, 1)}
+
+
+def make_memory_model(work: Path) -> None:
+    """A random ``bench_prune.MEM_MODEL`` as a megatron checkpoint (with a small BPE tokenizer) and an HF directory."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_prune import MEM_MODEL
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from nemo_minitron import runtime
+    from nemo_minitron.checkpoint import save_checkpoint
+    from nemo_minitron.interop.convert import convert
+    from nemo_minitron.models.builder import build_gpt_model
+
+    vocab = {f"t{i}": i for i in range(MEM_MODEL.vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", bos_token="t1", eos_token="t2").save_pretrained(
+        work / "tok")
+    runtime.init_model_parallel(1, 1, seed=1)
+    save_checkpoint(build_gpt_model(MEM_MODEL), MEM_MODEL, work / "megatron", tokenizer_dir=work / "tok")
+    runtime.shutdown()
+    convert(work / "megatron", "megatron", work / "hf", "hf", dtype="float32")
+
+
+def memory(work: Path) -> None:
+    """TP=1 vs TP=2 peak RSS per process of both conversion directions on the random ~310M model."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_prune import MEM_MODEL
+
+    from nemo_minitron.models.params import count_parameters
+    from nemo_minitron.runtime import free_port
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
+    rows = {}
+    for name in ("baseline", "mem_make", "mem_hf_to_megatron_tp1", "mem_hf_to_megatron_tp2",
+                 "mem_megatron_to_hf_tp1", "mem_megatron_to_hf_tp2"):
+        tp = int(name.rsplit("tp", 1)[1]) if "_tp" in name else 1
+        launch = [sys.executable] if tp == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                   f"--nproc-per-node={tp}", f"--master-port={free_port()}"]
+        proc = subprocess.run([*launch, __file__, "--workdir", str(work), "--step", name], capture_output=True,
+                              text=True, env=env)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            raise SystemExit(f"step {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        rows[name] = [json.loads(ln[7:]) for ln in lines]
+    full = count_parameters(MEM_MODEL).total
+    base = rows["baseline"][0]["peak_rss_mb"]
+    print(f"model {MEM_MODEL.name}: {full / 1e6:.1f}M parameters, fp32 weights {full * 4 / 2**20:.0f} MiB; "
+          f"process baseline after imports {base:.0f} MiB; MALLOC_MMAP_THRESHOLD_={env['MALLOC_MMAP_THRESHOLD_']}")
+    print(f"{'direction':18s} {'TP=1 peak MiB':>13s} {'TP=2 peak MiB (max rank)':>25s} {'raw ratio':>9s} "
+          f"{'(peak-base) ratio':>17s} {'TP=1 s':>7s} {'TP=2 s':>7s}")
+    for d in ("hf_to_megatron", "megatron_to_hf"):
+        one = max(r["peak_rss_mb"] for r in rows[f"mem_{d}_tp1"])
+        two = max(r["peak_rss_mb"] for r in rows[f"mem_{d}_tp2"])
+        t1 = max(r["seconds"] for r in rows[f"mem_{d}_tp1"])
+        t2 = max(r["seconds"] for r in rows[f"mem_{d}_tp2"])
+        print(f"{d:18s} {one:13.0f} {two:25.0f} {two / one:9.2f} {(two - base) / (one - base):17.2f} "
+              f"{t1:7.1f} {t2:7.1f}")
 
 
 def logits(work: Path) -> dict:
@@ -111,10 +184,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", default="/tmp/bench_convert")
     parser.add_argument("--step", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--memory", action="store_true", help="only the TP=1 / TP=2 peak-memory comparison "
+                        "on a random ~310M-parameter model")
     args = parser.parse_args()
     work = Path(args.workdir)
     if args.step:
         print("RESULT " + json.dumps(step(args.step, work)), flush=True)
+        return
+    if args.memory:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            memory(work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         return
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

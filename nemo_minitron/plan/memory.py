@@ -182,20 +182,42 @@ class PruneMemory:
     score: float
     """Importance pass at the layout: weights shard + one layer's forward working set + logits."""
     apply: float
-    """Surgery, validation and save: the full model's weights, its pruned copy and a forward."""
+    """Surgery, validation and save. At a layout the pruned shape divides (``shards_pruned``): this rank's
+    shards of both models, one full layer tensor being re-sliced and a forward at the layout (sharded surgery);
+    otherwise the replicated fallback: the full model, its pruned copy and a TP=1 forward on one rank."""
+    shards_pruned: bool
+    """The pruned shape divides the layout, so surgery runs sharded."""
+
+
+def largest_layer_tensor(cfg: ModelConfig) -> int:
+    """Elements of the largest decoder-layer weight (gathered whole over TP during sharded surgery)."""
+    qkv = (cfg.num_attention_heads + 2 * cfg.query_groups) * cfg.head_dim * cfg.hidden_size
+    fc1 = (2 if cfg.gated_linear_unit else 1) * cfg.ffn_hidden_size * cfg.hidden_size
+    return max(qkv, fc1, cfg.ffn_hidden_size * cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim * cfg.hidden_size)
+
+
+def shards_evenly(cfg: ModelConfig, tp: int, pp: int) -> bool:
+    """Whether ``cfg``'s layers, MLP neurons, heads and KV groups divide over ``tp`` x ``pp``."""
+    return (cfg.num_layers % pp == 0 and cfg.ffn_hidden_size % tp == 0 and cfg.num_attention_heads % tp == 0
+            and cfg.query_groups % tp == 0)
 
 
 def prune_memory(cfg: ModelConfig, pruned: ModelConfig, lay: Layout, overhead_bytes: float = 0.0) -> PruneMemory:
-    """Per-GPU memory of a prune of ``cfg`` to ``pruned`` (scores at ``lay``, surgery on full tensors)."""
+    """Per-GPU memory of a prune of ``cfg`` to ``pruned`` (scores at ``lay``; surgery sharded where it can be)."""
     weights = max(stage_params(cfg, lay.tp, lay.pp, s) for s in range(lay.pp)) * lay.param_bytes
     fwd = activation_bytes_per_layer(cfg, dataclasses.replace(lay, recompute="none"))
     logits = lay.seq_length * lay.micro_batch_size * cfg.vocab_size / lay.tp * 4
+    score = weights + fwd + logits + overhead_bytes
+    if shards_evenly(pruned, lay.tp, lay.pp):
+        small = max(stage_params(pruned, lay.tp, lay.pp, s) for s in range(lay.pp)) * lay.param_bytes
+        full_tensor = largest_layer_tensor(cfg) * lay.param_bytes
+        return PruneMemory(score=score, apply=weights + small + full_tensor + fwd + logits + overhead_bytes,
+                           shards_pruned=True)
     full = count_parameters(cfg).total * lay.param_bytes
     small = count_parameters(pruned).total * lay.param_bytes
     fwd_full = activation_bytes_per_layer(cfg, dataclasses.replace(lay, tp=1, pp=1, recompute="none"))
-    return PruneMemory(score=weights + fwd + logits + overhead_bytes,
-                       apply=full + small + fwd_full + lay.seq_length * lay.micro_batch_size * cfg.vocab_size * 4
-                       + overhead_bytes)
+    return PruneMemory(score=score, apply=full + small + fwd_full + lay.seq_length * lay.micro_batch_size
+                       * cfg.vocab_size * 4 + overhead_bytes, shards_pruned=False)
 
 
 def gib(x: float) -> float:

@@ -142,6 +142,7 @@ class Plan:
     days: float
     prune_score_gib: float
     prune_apply_gib: float
+    prune_sharded: bool
     prune_seconds: float
     suggestion: str
 
@@ -240,7 +241,7 @@ def make_plan(cfg: PlanConfig) -> Plan:
     return Plan(cfg=cfg, teacher=teacher, student=student, layout=lay, gpu=gpu, distill=mem, fits=fits,
                 max_micro_batch=best, step_seconds=step, tokens_per_s=tokens_step / step,
                 days=cfg.tokens / (tokens_step / step) / 86400, prune_score_gib=gib(pm.score),
-                prune_apply_gib=gib(pm.apply), prune_seconds=prune_s,
+                prune_apply_gib=gib(pm.apply), prune_sharded=pm.shards_pruned, prune_seconds=prune_s,
                 suggestion="" if fits else _suggest(cfg, student, teacher, gpu, overhead))
 
 
@@ -263,8 +264,10 @@ def format_plan(p: Plan) -> list[str]:
         "",
         "prune (importance on the teacher at this layout, then surgery):",
         f"  scoring pass per GPU        {p.prune_score_gib:8.1f} GiB  ({'fits' if p.prune_score_gib <= p.gpu.memory_gib else 'DOES NOT FIT'})",
-        f"  surgery on full tensors     {p.prune_apply_gib:8.1f} GiB  (full teacher + pruned copy on one rank)"
-        + ("" if p.prune_apply_gib <= p.gpu.memory_gib else "  DOES NOT FIT on one GPU: needs sharded surgery"),
+        f"  surgery, validate, save     {p.prune_apply_gib:8.1f} GiB  ("
+        + ("sharded: both models' shards + one full layer tensor)" if p.prune_sharded else
+           "replicated: the pruned shape does not divide the layout; full teacher + pruned copy on one rank)")
+        + ("" if p.prune_apply_gib <= p.gpu.memory_gib else "  DOES NOT FIT"),
         f"  calibration forward         {p.prune_seconds:8.0f} s    ({c.calib_samples} x {c.seq_length} tokens "
         f"at {c.mfu:.0%} utilisation)",
         "",

@@ -117,3 +117,19 @@ def test_planned_memory_within_15_percent_of_measured(tp, pp, distopt):
         print(f"TP={tp} PP={pp} distopt={distopt} rank {r['rank']} stage {r['stage']}: planned "
               f"{r['planned'] / 2**20:.0f} MiB, measured {r['measured'] / 2**20:.0f} MiB, ratio {ratio:.3f}")
         assert 0.85 <= ratio <= 1.15, r
+
+
+def test_prune_surgery_memory_is_sharded_when_the_pruned_shape_divides_the_layout():
+    """Sharded surgery holds both models' shards plus one full layer tensor; an odd pruned shape falls back."""
+    lay = memory.Layout(tp=2, pp=1, micro_batch_size=1, seq_length=16, param_bytes=4)
+    pruned = SMALL.replace(ffn_hidden_size=64)
+    m = memory.prune_memory(SMALL, pruned, lay)
+    assert m.shards_pruned
+    # by hand: qkv (8 + 2*4) * 8 * 64 = 8192 elements, gated fc1 2 * 128 * 64 = 16384 -> fc1 is the largest
+    assert memory.largest_layer_tensor(SMALL) == 16384
+    shards = (memory.stage_params(SMALL, 2, 1, 0) + memory.stage_params(pruned, 2, 1, 0)) * 4
+    assert m.apply - m.score == pytest.approx(memory.stage_params(pruned, 2, 1, 0) * 4 + 16384 * 4)
+    assert m.apply < (count_parameters(SMALL).total + count_parameters(pruned).total) * 4 < m.apply + shards
+    odd = memory.prune_memory(SMALL, SMALL.replace(ffn_hidden_size=63), lay)
+    assert not odd.shards_pruned
+    assert odd.apply > (count_parameters(SMALL).total + count_parameters(SMALL.replace(ffn_hidden_size=63)).total) * 4
