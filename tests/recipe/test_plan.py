@@ -109,8 +109,10 @@ def test_cli_prints_the_breakdown():
 @pytest.mark.parametrize("tp,pp,distopt", [(1, 1, False), (2, 1, True), (1, 2, False)])
 def test_planned_memory_within_15_percent_of_measured(tp, pp, distopt):
     """Planner per-process memory vs the measured resident-set growth of two real KD steps (fp32, CPU)."""
+    from tests.workers.plan_memory import MALLOC_ENV
+
     results = torchrun(REPO / "tests" / "workers" / "plan_memory.py", tp * pp, [str(tp), str(pp), str(int(distopt))],
-                       timeout=600)
+                       timeout=600, env=MALLOC_ENV)
     assert len(results) == tp * pp
     for r in results:
         ratio = r["planned"] / r["measured"]

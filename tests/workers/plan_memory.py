@@ -20,10 +20,12 @@ from tests.launch import report  # noqa: E402
 ARCH = dict(name="plan_check", num_layers=4, hidden_size=1024, ffn_hidden_size=4096, num_attention_heads=16,
             num_query_groups=4, vocab_size=8192, max_position_embeddings=256, precision="fp32")
 MBS, GBS, SEQ = 1, 2, 64
-# Resident memory a gloo/CPU megatron process adds on its first steps besides tensors (allocator arenas,
-# communication buffers, lazily created kernels): the CPU counterpart of the planner's CUDA/NCCL reserve.
-# Measured once (TP=1, 2 cores, megatron-core 0.16.1) as ~155 MiB above the planned tensors.
-CPU_RUNTIME_RESERVE = 160 * 2**20
+# Resident memory a gloo/CPU megatron process adds on its first steps besides tensors (communication buffers,
+# lazily created kernels): the CPU counterpart of the planner's CUDA/NCCL reserve. Measured (megatron-core 0.16.1)
+# with glibc's allocator pinned by MALLOC_ENV below, which makes the resident peak the tensors' peak and the same
+# from run to run (with glibc's defaults two ranks of one TP=2 run differed by ~90 MiB).
+CPU_RUNTIME_RESERVE = 100 * 2**20
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "2"}
 
 
 def layout(tp: int, pp: int, distopt: bool):
