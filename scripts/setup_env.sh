@@ -5,7 +5,7 @@
 #                            (the NeMo 25.11 / 26.02 generation)                          -> .venv-mcore015
 #   STACK=newest             megatron-core 0.19.2, Python 3.12, torch 2.13.0 (CUDA build from PyPI, ~4.8 GB,
 #                            runs on CPU too)                                             -> .venv-mcore-newest
-#   VENV=... overrides the folder, EXTRAS=hf,test (default) the extras, PYTHON=... the interpreter.
+#   VENV=... overrides the folder, EXTRAS=... the extras (hf,test,eval on primary, hf,test elsewhere), PYTHON=... the interpreter.
 # The stack's torch / megatron-core / transformers are installed first; the package itself is then installed
 # under a constraints file holding exactly those versions, so installing nemo_minitron never moves them
 # (the same way the Dockerfile installs into the NeMo container).
@@ -15,19 +15,19 @@ STACK=${STACK:-primary}
 PY312=${PY312:-/root/.pyenv/versions/3.12.1/bin/python3.12}
 case "$STACK" in
   primary)
-    default_venv=.venv; default_python=$(command -v python3.11 || command -v python3)
+    default_venv=.venv; default_python=$(command -v python3.11 || command -v python3); default_extras=hf,test,eval
     pins=("torch==2.13.0" "megatron-core==0.16.1") ;;
   mcore015)
-    default_venv=.venv-mcore015; default_python=$(command -v python3.11 || command -v python3)
+    default_venv=.venv-mcore015; default_python=$(command -v python3.11 || command -v python3); default_extras=hf,test
     pins=("torch==2.13.0" "megatron-core==0.15.3" "transformers==4.57.6") ;;
   newest)
-    default_venv=.venv-mcore-newest
+    default_venv=.venv-mcore-newest; default_extras=hf,test
     default_python=$( [ -x "$PY312" ] && echo "$PY312" || command -v python3.12 || true)
     pins=("torch==2.13.0" "megatron-core==0.19.2") ;;
   *) echo "setup_env.sh: unknown STACK=$STACK (primary, mcore015 or newest)" >&2; exit 2 ;;
 esac
 VENV=${VENV:-$default_venv}
-EXTRAS=${EXTRAS:-hf,test}
+EXTRAS=${EXTRAS:-$default_extras}
 PYTHON=${PYTHON:-$default_python}
 if [ -z "$PYTHON" ]; then
   echo "setup_env.sh: STACK=$STACK needs Python 3.12 (set PYTHON=/path/to/python3.12)" >&2; exit 2
