@@ -113,13 +113,13 @@ def make_memory_model(work: Path) -> None:
 def memory(work: Path) -> None:
     """TP=1 vs TP=2 peak RSS per process of both conversion directions on the random ~310M model."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench_prune import MEM_MODEL
+    from bench_prune import MEM_MODEL, MMAP_THRESHOLD
 
     from nemo_minitron.models.params import count_parameters
     from nemo_minitron.runtime import free_port
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD)
     rows = {}
     for name in ("baseline", "mem_make", "mem_hf_to_megatron_tp1", "mem_hf_to_megatron_tp2",
                  "mem_megatron_to_hf_tp1", "mem_megatron_to_hf_tp2"):

@@ -98,6 +98,8 @@ def end_to_end(args) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
+MMAP_THRESHOLD = "131072"
+"""glibc's mmap threshold (bytes) for the memory comparisons: freed tensors go back to the OS at once."""
 MEM_MODEL = ModelConfig(name="mem-310m", num_layers=20, hidden_size=1024, ffn_hidden_size=4096, num_attention_heads=16,
                         num_query_groups=4, vocab_size=8192, max_position_embeddings=512, precision="fp32")
 
@@ -159,12 +161,12 @@ def memory(args) -> None:
                    __file__, "--memory-worker", root, str(tp), str(pp)]
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
             if not args.glibc_default:
-                env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
+                env.setdefault("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD)
             subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
             rows.append((tp, pp, json.loads(Path(root, f"mem_{tp}x{pp}.json").read_text())))
         print(f"model {MEM_MODEL.name}: {count_parameters(MEM_MODEL).total / 1e6:.1f}M parameters, fp32 weights "
               f"{full_mib:.0f} MiB; prune: ffn 4096 -> 2048, 20 -> 16 layers (cosine); peak RSS per process "
-              f"(MALLOC_MMAP_THRESHOLD_={'default' if args.glibc_default else os.environ.get('MALLOC_MMAP_THRESHOLD_', 131072)})")
+              f"(MALLOC_MMAP_THRESHOLD_={'default' if args.glibc_default else os.environ.get('MALLOC_MMAP_THRESHOLD_', MMAP_THRESHOLD)})")
         ref = max(r["peak_rss_mib"] - r["baseline_rss_mib"] for r in rows[0][2])
         ref_raw = max(r["peak_rss_mib"] for r in rows[0][2])
         print(f"{'layout':8} {'rank':>4} {'peak MiB':>9} {'start MiB':>9} {'peak-start':>10} {'/full':>6} "
