@@ -9,7 +9,9 @@ inspecting signatures and fields, never by assuming them:
 * :func:`layer_spec` picks the Transformer Engine or local GPT layer spec and passes only the
   keyword arguments the installed spec function accepts;
 * :func:`have_transformer_engine` answers whether TE is importable (the TE spec function itself
-  imports without TE but fails when called).
+  imports without TE but fails when called);
+* :func:`distopt_bucket_step_unsupported` answers whether the distributed optimizer's ``dp_reshardable``
+  bucket state chokes on torch Adam's 0-dim ``step`` (megatron-core 0.15.x; 0.16+ keeps it out of the buckets).
 """
 
 from __future__ import annotations
@@ -87,6 +89,25 @@ def layer_spec(use_te: bool, qk_layernorm: bool, normalization: str) -> Any:
     return _call_with_supported_kwargs(
         specs.get_gpt_layer_local_spec, qk_layernorm=qk_layernorm, normalization=normalization
     )
+
+
+@functools.lru_cache(maxsize=None)
+def distopt_bucket_step_unsupported() -> bool:
+    """True when ``DistributedOptimizer``'s ``dp_reshardable`` sharded state cannot hold a 0-dim Adam ``step``.
+
+    The bucket state of every parameter is ``{"param", **optimizer.state[param]}``; with torch's Adam (no
+    apex / Transformer Engine) that includes a 0-dim ``step`` tensor. megatron-core 0.16+ wraps it as a local,
+    non-persistent object (the step is saved through the parameter groups); 0.15.x asserts that every entry
+    is a 1-D bucket slice and fails on save and load. Read from the installed method's source; the version
+    decides only where the source is unavailable.
+    """
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    try:
+        src = inspect.getsource(DistributedOptimizer.sharded_param_state_dp_reshardable)
+    except (OSError, TypeError, AttributeError):  # pragma: no cover - compiled or renamed
+        return mcore_version() < (0, 16, 0)
+    return re.search(r"""key\s*==\s*['"]step['"]""", src) is None
 
 
 def gpt_model_class() -> type:

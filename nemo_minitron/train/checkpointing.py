@@ -163,8 +163,8 @@ def _set_rng_state(state: dict) -> None:
 
 def _optimizer_sharded_state(optimizer, module: torch.nn.Module, is_loading: bool) -> dict:
     model_sd = module.sharded_state_dict(prefix="")
-    return optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
-                                        metadata={"distrib_optim_sharding_type": DISTOPT_SHARDING})
+    return optim_compat.distopt_sharded_state_dict(optimizer, model_sd, is_loading=is_loading,
+                                                   metadata={"distrib_optim_sharding_type": DISTOPT_SHARDING})
 
 
 def save_train_state(

@@ -3,11 +3,16 @@
 With torch's Adam/AdamW (no apex / Transformer Engine: every CPU run, and GPUs without apex),
 megatron-core 0.16-0.19's ``DistributedOptimizer`` load path (a) asserts on ``step`` when the
 optimizer has no state yet, and (b) with ``dp_reshardable`` restores one ``step`` tensor shared by
-every parameter (wrong bias correction after resume). The fixes, each one function:
+every parameter (wrong bias correction after resume); megatron-core 0.15.x (c) cannot build the
+``dp_reshardable`` state at all while Adam's 0-dim ``step`` sits in the per-parameter state. The fixes,
+each one function:
 
 * :func:`prime_optimizer_state` allocates the state with a zero-gradient, zero-LR, zero-decay step
   (parameters are unchanged), as Megatron-LM does before loading;
-* :func:`set_adam_step` writes the saved step count back as one tensor per parameter.
+* :func:`set_adam_step` writes the saved step count back as one tensor per parameter;
+* :func:`distopt_sharded_state_dict` builds the optimizer's sharded state with ``step`` held out of the
+  buckets where the installed megatron-core needs it (:func:`~nemo_minitron.mcore_compat.distopt_bucket_step_unsupported`),
+  carrying it as a local, unsaved entry the way 0.16+ does (the count itself comes from ``trainer_state.json``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 from typing import Iterator, Optional
 
 import torch
+
+from nemo_minitron import mcore_compat
 
 
 def torch_optimizers(optimizer) -> Iterator[torch.optim.Optimizer]:
@@ -68,3 +75,72 @@ def prime_optimizer_state(optimizer) -> None:
         opt.zero_grad(set_to_none=True)
         for g, (lr, wd) in zip(opt.param_groups, saved):
             g["lr"], g["weight_decay"] = lr, wd
+
+
+def _distributed_optimizers(optimizer) -> list:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    parts = getattr(optimizer, "chained_optimizers", None) or [optimizer]
+    return [opt for opt in parts if isinstance(opt, DistributedOptimizer)]
+
+
+def _add_local_steps(tree, step: torch.Tensor) -> None:
+    """Give every non-padding bucket entry of a ``dp_reshardable`` state a local, unsaved ``step``."""
+    from megatron.core.dist_checkpointing.mapping import LocalNonpersistentObject
+
+    if isinstance(tree, dict):
+        if "padding" in tree:
+            padding = tree["padding"]
+            if not (padding.unwrap() if isinstance(padding, LocalNonpersistentObject) else padding):
+                tree["step"] = LocalNonpersistentObject(step.clone())
+            return
+        children = tree.values()
+    elif isinstance(tree, (list, tuple)):
+        children = tree
+    else:
+        return
+    for child in children:
+        _add_local_steps(child, step)
+
+
+def _strip_steps(tree) -> None:
+    """Drop ``step`` from every bucket entry (a fresh dict per parameter) of a dp_reshardable state."""
+    if isinstance(tree, dict):
+        if "gbuf_local_start" in tree:
+            tree.pop("step", None)
+            return
+        children = tree.values()
+    elif isinstance(tree, (list, tuple)):
+        children = tree
+    else:
+        return
+    for child in children:
+        _strip_steps(child)
+
+
+def distopt_sharded_state_dict(optimizer, model_sharded_state_dict: dict, is_loading: bool, metadata: dict) -> dict:
+    """``optimizer.sharded_state_dict(...)``, with torch Adam's ``step`` kept out of the distributed buckets
+    where the installed megatron-core cannot hold it there (its bucket view is read without ``step`` for the
+    duration of this call; the optimizer's own state is not touched)."""
+    patched = []
+    if mcore_compat.distopt_bucket_step_unsupported():
+        for dist_opt in _distributed_optimizers(optimizer):
+            original = dist_opt.get_parameter_state_dp_reshardable
+
+            def without_step(original=original):
+                state = original()
+                _strip_steps(state)
+                return state
+
+            dist_opt.get_parameter_state_dp_reshardable = without_step  # this instance, this call only
+            patched.append(dist_opt)
+    try:
+        sharded = optimizer.sharded_state_dict(model_sharded_state_dict, is_loading=is_loading, metadata=metadata)
+    finally:
+        for dist_opt in patched:
+            del dist_opt.get_parameter_state_dp_reshardable
+    steps = [state["step"] for opt in patched for state in opt.optimizer.state.values() if "step" in state]
+    if steps:
+        # loading copies every state entry, step included, from the bucket entries: give them one to copy
+        _add_local_steps(sharded, torch.as_tensor(steps[0]).detach())
+    return sharded

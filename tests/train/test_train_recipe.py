@@ -62,6 +62,7 @@ def _cfg(setup, mode="distill", steps=3, run="run", **kw):
     return cfg
 
 
+@pytest.mark.compat
 def test_distill_export_resume_and_tensorboard(setup):
     from nemo_minitron.train.recipe import run
 
