@@ -119,9 +119,12 @@ def _strip_steps(tree) -> None:
 
 
 def distopt_sharded_state_dict(optimizer, model_sharded_state_dict: dict, is_loading: bool, metadata: dict) -> dict:
-    """``optimizer.sharded_state_dict(...)``, with torch Adam's ``step`` kept out of the distributed buckets
-    where the installed megatron-core cannot hold it there (its bucket view is read without ``step`` for the
-    duration of this call; the optimizer's own state is not touched)."""
+    """``optimizer.sharded_state_dict(...)`` with Adam's ``step`` out of the buckets where megatron needs that.
+
+    Where the installed megatron-core cannot hold the 0-dim step in its bucket entries, each distributed
+    optimizer's bucket view is read without it for the duration of this call (the optimizer's own state is
+    not touched) and the entries get a local, unsaved step instead.
+    """
     patched = []
     if mcore_compat.distopt_bucket_step_unsupported():
         for dist_opt in _distributed_optimizers(optimizer):
