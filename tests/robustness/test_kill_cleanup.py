@@ -16,24 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.launch import descendants as _children
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
-
-
-def _children(pid: int) -> set[int]:
-    """All descendants of ``pid`` (from /proc)."""
-    parents = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    out, frontier = set(), {pid}
-    while frontier:
-        frontier = {c for c, p in parents.items() if p in frontier} - out
-        out |= frontier
-    return out
 
 
 def _alive(pid: int) -> bool:
