@@ -12,6 +12,10 @@ existing output is replaced (with ``overwrite=true``) only when it is a complete
 temporary siblings left by a killed run (``.X.incomplete-<pid>-*``, ``.X.old-<pid>-*`` and the
 other ``<pid>``-tagged names of :data:`TEMP_TAGS`) are removed by the next writer of ``X`` once
 their process is gone.
+
+A SIGTERM never publishes a half output: the rename into place first checks for a termination
+request (:mod:`nemo_minitron.termination`; every rank agrees on it in :func:`collective_atomic_dir`)
+and the renames themselves are not interrupted.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
+import torch
 import torch.distributed as dist
+
+from nemo_minitron import termination
 
 PathLike = Union[str, os.PathLike]
 
@@ -147,20 +154,39 @@ def broadcast_from_rank0(obj):
     return holder[0]
 
 
+def any_rank(flag: bool) -> bool:
+    """Collective: True on every rank when ``flag`` is true on any rank (``flag`` itself in a plain process)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def temp_sibling(final: Path) -> Path:
     """A unique hidden name next to ``final`` for its in-progress contents."""
     return final.parent / f".{final.name}.incomplete-{os.getpid()}-{time.time_ns()}"
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` to ``final``; an existing ``final`` is moved aside first and deleted only afterwards."""
-    backup = None
-    if final.exists():
-        backup = final.parent / f".{final.name}.old-{os.getpid()}-{time.time_ns()}"
-        os.replace(final, backup)
-    os.replace(tmp, final)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True) if backup.is_dir() else backup.unlink()
+    """Move ``tmp`` to ``final``; an existing ``final`` is moved aside first and deleted only afterwards.
+
+    Raises :class:`~nemo_minitron.termination.Terminated` instead, moving nothing, when a SIGTERM was
+    received (the caller removes ``tmp``). A SIGTERM arriving during the renames takes effect after
+    them, so ``final`` is always either the old or the new complete output.
+    """
+    with termination.deferred():
+        termination.check()
+        backup = None
+        if final.exists():
+            backup = final.parent / f".{final.name}.old-{os.getpid()}-{time.time_ns()}"
+            os.replace(final, backup)
+        os.replace(tmp, final)
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True) if backup.is_dir() else backup.unlink()
+    termination.check()
 
 
 @contextlib.contextmanager
@@ -177,10 +203,10 @@ def atomic_dir(path: PathLike, overwrite: bool = False, exists_error: type = Fil
     tmp.mkdir()
     try:
         yield tmp
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    replace_dir(tmp, final)
 
 
 @contextlib.contextmanager
@@ -207,7 +233,13 @@ def collective_atomic_dir(path: PathLike) -> Iterator[Path]:
         if is_rank0():
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    barrier()
-    if is_rank0():
-        replace_dir(tmp, final)
+    try:  # every rank waits for the others here, and all stop alike if any was asked to terminate
+        if any_rank(termination.requested() is not None):
+            raise termination.Terminated(termination.PREEMPTED_EXIT_CODE)
+        if is_rank0():
+            replace_dir(tmp, final)
+    except BaseException:
+        if is_rank0() and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     barrier()

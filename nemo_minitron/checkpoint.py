@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -106,17 +106,22 @@ def save_checkpoint(
     extra_metadata: Optional[dict[str, Any]] = None,
     overwrite: bool = False,
     tokenizer_dir: Optional[str | os.PathLike] = None,
+    before_publish: Optional[Callable[[Path], None]] = None,
 ) -> Path:
     """Save ``model`` (this rank's shard) to ``path`` atomically. Collective: every rank must call it.
 
     ``tokenizer_dir`` (a directory of tokenizer files, e.g. ``tokenizer.json`` + ``tokenizer_config.json``)
-    is copied into ``path/tokenizer/`` so the checkpoint carries its own tokenizer.
+    is copied into ``path/tokenizer/`` so the checkpoint carries its own tokenizer. ``before_publish``
+    is called on rank 0 with the temporary directory once the checkpoint is written, to add files
+    (reports) that must appear together with it; they are not covered by the checksums.
     """
     final = check_output_path(path, key="checkpoint path", overwrite=overwrite, markers=(COMPLETE_MARKER,),
                               exists_error=CheckpointError)
     prepare_checkpoint_writer()
     with collective_atomic_dir(final) as tmp:
         _write_checkpoint(model, cfg, tmp, extra_metadata, tokenizer_dir)
+        if before_publish is not None and is_rank0():
+            before_publish(tmp)
     if is_rank0():
         log.info("saved checkpoint %s", final)
     return final

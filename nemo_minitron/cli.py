@@ -7,8 +7,9 @@ traceback. Anything else is a bug and keeps its traceback. ``NEMO_MINITRON_VERBO
 ``HYDRA_FULL_ERROR=1``) re-raises user errors too, with the full trace.
 
 It also makes sure no helper process outlives the command: forked children get a parent-death
-signal, and SIGTERM unwinds the main thread (``finally`` blocks remove temporary directories)
-before the process exits with status 143.
+signal and the default SIGTERM action, and SIGTERM unwinds the main thread (``finally`` blocks
+remove temporary directories) before the process exits with status 143
+(:mod:`nemo_minitron.termination`), also when the signal's exception was lost on the way.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import signal
 import sys
 from typing import Callable, Optional
 
+from nemo_minitron import termination
+from nemo_minitron.termination import Terminated  # noqa: F401  (re-exported: raised by SIGTERM in a command)
+
 EXIT_USER_ERROR = 2
 """Exit status of a run refused because of its input (config, files, output path)."""
-EXIT_SIGTERM = 128 + signal.SIGTERM
-"""Exit status after SIGTERM outside of training (training has its own pre-emption handling)."""
+EXIT_SIGTERM = termination.PREEMPTED_EXIT_CODE
+"""Exit status after SIGTERM (143), the same in training (which saves first) and in every other command."""
 VERBOSE_ENV = "NEMO_MINITRON_VERBOSE"
 """Environment variable: ``1`` shows the full traceback of user errors."""
 
@@ -48,20 +52,23 @@ def die_with_parent() -> None:
 _fork_hook_installed = False
 
 
+def _after_fork_in_child() -> None:
+    """A forked child dies with its parent and on SIGTERM (not the parent's unwinding handler)."""
+    die_with_parent()
+    termination.clear()
+    try:
+        if signal.getsignal(signal.SIGTERM) is termination.on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except (ValueError, OSError):  # pragma: no cover - not the main thread of the child
+        pass
+
+
 def install_child_hygiene() -> None:
-    """Forked children (dataloader / tokenizer / checkpoint-writer workers) die with this process."""
+    """Forked children (dataloader / tokenizer / checkpoint-writer workers) die with this process and on SIGTERM."""
     global _fork_hook_installed
     if not _fork_hook_installed and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=die_with_parent)
+        os.register_at_fork(after_in_child=_after_fork_in_child)
         _fork_hook_installed = True
-
-
-class Terminated(SystemExit):
-    """Raised in the main thread by SIGTERM so cleanup code runs before the process exits."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    raise Terminated(EXIT_SIGTERM)
 
 
 def user_error_types() -> tuple[type, ...]:
@@ -155,8 +162,11 @@ def run(main: Callable[[], object], argv: Optional[list[str]] = None) -> int:
     saved_stderr = sys.stderr
     sys.stderr = _QuietHydraStderr(saved_stderr)
     previous_term = None
+    termination.clear()
+    saved_unraisable = sys.unraisablehook
+    sys.unraisablehook = _quiet_lost_termination(saved_unraisable)
     try:
-        previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous_term = signal.signal(signal.SIGTERM, termination.on_sigterm)
     except ValueError:  # not the main thread
         previous_term = None
     try:
@@ -164,12 +174,16 @@ def run(main: Callable[[], object], argv: Optional[list[str]] = None) -> int:
             main()
         finally:
             sys.stderr = saved_stderr
-    except KeyboardInterrupt:
-        if want_trace:
-            raise
-        sys.stderr.write(f"{_prefix()}interrupted\n")
-        raise SystemExit(130) from None
-    except Exception as exc:
+        termination.check()  # a SIGTERM whose exception was lost (e.g. raised inside an os.fork hook)
+    except BaseException as exc:
+        if termination.requested() is not None and not isinstance(exc, KeyboardInterrupt):
+            if want_trace and not isinstance(exc, termination.Terminated):
+                raise
+            sys.stderr.write(f"{_prefix()}terminated by SIGTERM: no partial output was left\n")
+            raise SystemExit(EXIT_SIGTERM) from None
+        if isinstance(exc, KeyboardInterrupt) and not want_trace:
+            sys.stderr.write(f"{_prefix()}interrupted\n")
+            raise SystemExit(termination.INTERRUPTED_EXIT_CODE) from None
         if want_trace or not isinstance(exc, user_error_types()):
             raise
         lines = error_lines(exc)
@@ -186,8 +200,20 @@ def run(main: Callable[[], object], argv: Optional[list[str]] = None) -> int:
             os.environ["HYDRA_FULL_ERROR"] = saved_full_error
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
+        sys.unraisablehook = saved_unraisable
         _clear_hydra()
     return 0
+
+
+def _quiet_lost_termination(previous):
+    """An unraisable-exception hook that drops :class:`Terminated` (recorded anyway; the command still exits 143)."""
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, termination.Terminated):
+            return
+        previous(unraisable)
+
+    return hook
 
 
 def _clear_hydra() -> None:

@@ -27,6 +27,7 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
+from nemo_minitron import termination
 from nemo_minitron.atomic import clean_stale_temps
 from nemo_minitron.data.integrity import meta_path
 from nemo_minitron.data.tokenizer import Tokenizer, as_tokenizer
@@ -160,16 +161,20 @@ def _publish(pairs: list[tuple[str, str]]) -> None:
 
     Every old ``.meta.json`` of the set goes first and the new ones come last, so a reader never
     pairs new ``.bin``/``.idx`` files with stale metadata; all encoding is finished before the first
-    rename, so only these renames separate the old set from the new one.
+    rename, so only these renames separate the old set from the new one. A SIGTERM received before
+    stops it before the first rename; one arriving during the renames takes effect after the last.
     """
-    for _, prefix in pairs:
-        if os.path.exists(meta_path(prefix)):
-            os.remove(meta_path(prefix))
-    for tmp_prefix, prefix in pairs:
-        os.replace(tmp_prefix + ".bin", prefix + ".bin")
-        os.replace(tmp_prefix + ".idx", prefix + ".idx")
-    for tmp_prefix, prefix in pairs:
-        os.replace(tmp_prefix + ".meta.json", meta_path(prefix))
+    with termination.deferred():
+        termination.check()
+        for _, prefix in pairs:
+            if os.path.exists(meta_path(prefix)):
+                os.remove(meta_path(prefix))
+        for tmp_prefix, prefix in pairs:
+            os.replace(tmp_prefix + ".bin", prefix + ".bin")
+            os.replace(tmp_prefix + ".idx", prefix + ".idx")
+        for tmp_prefix, prefix in pairs:
+            os.replace(tmp_prefix + ".meta.json", meta_path(prefix))
+    termination.check()
 
 
 def _encode_into(documents: Iterable[str], tok: Tokenizer, tmp_prefix: str, prefix: str, workers: int,

@@ -300,8 +300,14 @@ def _apply_replicated(run: Prepared, plan: PrunePlan) -> tuple[torch.nn.Module, 
     return pruned, new_cfg, ctx1
 
 
-def apply_and_save(run: Prepared, s: Scored, d: Decision) -> tuple[ModelConfig, Optional[float], bool]:
-    """Build, validate and save the pruned model. Returns (pruned config, validation loss, sharded?)."""
+def apply_and_save(run: Prepared, s: Scored, d: Decision,
+                   extras: Optional[Callable[[Path, ModelConfig, Optional[float], bool], None]] = None
+                   ) -> tuple[ModelConfig, Optional[float], bool]:
+    """Build, validate and save the pruned model. Returns (pruned config, validation loss, sharded?).
+
+    ``extras(directory, pruned config, validation loss, sharded?)`` runs on rank 0 before the
+    checkpoint is renamed into place, to add the files that appear with it (the report).
+    """
     cfg, ctx = run.cfg, run.ctx
     new_cfg = pruned_config(cfg, d.plan)
     sharded = _fits_layout(new_cfg, ctx.tp_size, ctx.pp_size)
@@ -318,23 +324,27 @@ def apply_and_save(run: Prepared, s: Scored, d: Decision) -> tuple[ModelConfig, 
     loss_after = cal.eval_loss(pruned, s.val, ctx, run.p.calib_batch_size) if s.val is not None else None
     summary = {"original": cfg.arch_dict(), "dropped_layers": [n + 1 for n in d.dropped_layers],
                "val_loss_before": s.loss_before, "val_loss_after": loss_after}
+    add_files = None if extras is None else (lambda tmp: extras(tmp, new_cfg, loss_after, sharded))
     save_checkpoint(pruned, new_cfg.replace(name=f"{cfg.name}-pruned"), run.out, overwrite=run.job.export.overwrite,
-                    tokenizer_dir=tokenizer_path(cfg.restore_from_path), extra_metadata={"pruning": summary})
+                    tokenizer_dir=tokenizer_path(cfg.restore_from_path), extra_metadata={"pruning": summary},
+                    before_publish=add_files)
     return new_cfg, loss_after, sharded
 
 
-def write_report(run: Prepared, result: PruneResult) -> dict[str, Any]:
-    """Rank 0 writes ``pruning_report.json`` (and the plot); returns the report on every rank."""
+def write_report(directory: Path, run: Prepared, result: PruneResult) -> dict[str, Any]:
+    """Write ``pruning_report.json`` (and the plot) into ``directory``; returns the report."""
     report = build_report(result)
-    if dist.get_rank() == 0:
-        write_json_atomic(run.out / REPORT_FILE, report)
-        if run.p.plot and result.scores is not None:
-            plot_layers(run.out / PLOT_FILE, result.scores, result.dropped_layers)
-    dist.barrier()
+    write_json_atomic(directory / REPORT_FILE, report)
+    if run.p.plot and result.scores is not None:
+        plot_layers(directory / PLOT_FILE, result.scores, result.dropped_layers)
+    return report
+
+
+def log_summary(run: Prepared, result: PruneResult, report: dict[str, Any]) -> None:
+    """The one-line summary of a finished pruning job."""
     log.info("pruned %s: %d → %d parameters; val loss %s → %s; report %s", run.cfg.name,
              report["params"]["original"]["num_parameters"], report["params"]["pruned"]["num_parameters"],
              result.loss_before, result.loss_after, run.out / REPORT_FILE)
-    return report
 
 
 def run_prune(job: MegatronPruneConfig) -> dict[str, Any]:
@@ -342,12 +352,25 @@ def run_prune(job: MegatronPruneConfig) -> dict[str, Any]:
     run = prepare(job)
     scored = compute_scores(run)
     decision = decide(run, scored)
-    new_cfg, loss_after, sharded = apply_and_save(run, scored, decision)
     val = scored.val
-    result = PruneResult(
-        original=run.cfg, pruned=new_cfg, settings=run.p, plan=decision.plan, dropped_layers=decision.dropped_layers,
-        scores=scored.scores, loss_before=scored.loss_before, loss_after=loss_after,
-        val_samples=0 if val is None else len(val), val_seq_length=None if val is None else int(val.tokens.shape[1]),
-        ranking=decision.ranking, calib_seconds=scored.calib_seconds, seconds=time.perf_counter() - run.started,
-        world_size=dist.get_world_size(), sharded=sharded)
-    return write_report(run, result)
+
+    def result_of(new_cfg: ModelConfig, loss_after: Optional[float], sharded: bool) -> PruneResult:
+        return PruneResult(
+            original=run.cfg, pruned=new_cfg, settings=run.p, plan=decision.plan,
+            dropped_layers=decision.dropped_layers, scores=scored.scores, loss_before=scored.loss_before,
+            loss_after=loss_after, val_samples=0 if val is None else len(val),
+            val_seq_length=None if val is None else int(val.tokens.shape[1]), ranking=decision.ranking,
+            calib_seconds=scored.calib_seconds, seconds=time.perf_counter() - run.started,
+            world_size=dist.get_world_size(), sharded=sharded)
+
+    written: dict[str, Any] = {}
+
+    def add_report(tmp: Path, new_cfg: ModelConfig, loss_after: Optional[float], sharded: bool) -> None:
+        written["report"] = write_report(tmp, run, result_of(new_cfg, loss_after, sharded))
+
+    # the report is written into the checkpoint's temporary directory: both appear together, or neither
+    new_cfg, loss_after, sharded = apply_and_save(run, scored, decision, extras=add_report)
+    result = result_of(new_cfg, loss_after, sharded)
+    report = written.get("report") or build_report(result)
+    log_summary(run, result, report)
+    return report

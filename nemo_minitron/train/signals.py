@@ -5,9 +5,10 @@ kills a job. The handler only records the request; the training loop agrees on i
 (:func:`stop_requested` is a MAX all-reduce, so one signalled rank is enough) and then saves.
 
 Exit codes of the training entry points after such a stop (the checkpoint is saved; the same command
-resumes): :data:`PREEMPTED_EXIT_CODE` (75, ``EX_TEMPFAIL``) after SIGTERM/SIGUSR1, so a batch script
-can requeue (``[ $? -eq 75 ] && scontrol requeue $SLURM_JOB_ID``) and ``distill && export`` stops;
-:data:`INTERRUPTED_EXIT_CODE` (130) after Ctrl-C. A second Ctrl-C aborts at once without saving.
+resumes) are those of every command (:mod:`nemo_minitron.termination`): :data:`PREEMPTED_EXIT_CODE`
+(143) after SIGTERM/SIGUSR1, so a batch script can requeue (``[ $? -eq 143 ] && scontrol requeue
+$SLURM_JOB_ID``) and ``distill && export`` stops; :data:`INTERRUPTED_EXIT_CODE` (130) after Ctrl-C.
+A second Ctrl-C aborts at once without saving.
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ from __future__ import annotations
 import signal
 from typing import Iterable
 
-import torch
-import torch.distributed as dist
-
+from nemo_minitron.atomic import any_rank
 from nemo_minitron.logging import get_logger
+from nemo_minitron.termination import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 
 log = get_logger(__name__)
 
-#: Exit code after a SIGTERM / SIGUSR1 pre-emption that saved a checkpoint (sysexits ``EX_TEMPFAIL``).
-PREEMPTED_EXIT_CODE = 75
-#: Exit code after Ctrl-C (SIGINT) that saved a checkpoint (the shell's 128 + SIGINT).
-INTERRUPTED_EXIT_CODE = 130
+__all__ = ["PREEMPTED_EXIT_CODE", "INTERRUPTED_EXIT_CODE", "exit_code", "install", "uninstall", "reset",
+           "local_request", "request_stop", "stop_requested"]
 
 _requested = {"signal": None}
 _previous: dict[int, object] = {}
@@ -77,9 +75,4 @@ def request_stop() -> None:
 
 def stop_requested() -> bool:
     """Collective: True on every rank when any rank received a stop signal."""
-    flag = torch.tensor([1 if local_request() else 0], dtype=torch.int32)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        if dist.get_backend() == "nccl":
-            flag = flag.cuda()
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    return any_rank(local_request())

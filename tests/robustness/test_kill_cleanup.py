@@ -16,24 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.launch import descendants as _children
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
-
-
-def _children(pid: int) -> set[int]:
-    """All descendants of ``pid`` (from /proc)."""
-    parents = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    out, frontier = set(), {pid}
-    while frontier:
-        frontier = {c for c, p in parents.items() if p in frontier} - out
-        out |= frontier
-    return out
 
 
 def _alive(pid: int) -> bool:
@@ -217,3 +203,59 @@ def test_prune_interrupted_during_save_keeps_the_previous_output(hf_dir, tmp_pat
     again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     assert _temps(tmp_path) == [], _temps(tmp_path)
+
+
+# ---- SIGTERM at exact points of a save (tests/robustness/sigterm_driver.py) -------------------------------
+@pytest.fixture(scope="module")
+def pruned_once(tmp_path_factory, world):
+    """A source checkpoint and a complete pruned output of it (the "previous output" of every case)."""
+    from nemo_minitron.checkpoint import save_checkpoint
+    from nemo_minitron.config.model import ModelConfig
+    from nemo_minitron.models.builder import build_gpt_model
+
+    root = tmp_path_factory.mktemp("sigterm")
+    cfg = ModelConfig(name="t", num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
+                      num_query_groups=2, vocab_size=64, max_position_embeddings=64)
+    src = save_checkpoint(build_gpt_model(cfg), cfg, root / "src")
+    out = root / "pruned"
+    first = subprocess.run(_prune_cmd(src, out), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return src, out
+
+
+def _prune_cmd(src, out, prefix=()):
+    return [sys.executable, *prefix, "examples/megatron_prune.py", f"model.restore_from_path={src}",
+            f"export.save_path={out}", "export.overwrite=true", "prune.drop_layers=[1]",
+            f"hydra.run.dir={out.parent / 'hydra'}"]
+
+
+@pytest.mark.parametrize("mode", ["fork", "publish", pytest.param("mid-rename", marks=_SLOW)])
+def test_prune_sigterm_at_save_points_exits_143_without_a_half_output(pruned_once, tmp_path, mode):
+    """Before the fix a SIGTERM inside a fork hook of the writer was lost: the output was published, exit 0."""
+    import shutil
+
+    from nemo_minitron.termination import PREEMPTED_EXIT_CODE
+
+    src, previous = pruned_once
+    out = tmp_path / "pruned"
+    shutil.copytree(previous, out)
+    before = (out / "nemo_minitron.json").read_bytes()
+    driver = Path(__file__).with_name("sigterm_driver.py")
+    proc = subprocess.Popen(_prune_cmd(src, out, prefix=(str(driver), mode, str(tmp_path))), cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: set[int] = set()
+    while proc.poll() is None:
+        seen |= _children(proc.pid)
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=60)
+    assert "the signal was never sent" not in err, "the driver missed its point: this case tests nothing"
+    assert proc.returncode == PREEMPTED_EXIT_CODE == 143, (proc.returncode, err[-3000:])
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+    assert "terminated by SIGTERM" in err.splitlines()[-1], err[-2000:]
+    assert (out / "COMPLETE").is_file() and (out / "pruning_report.json").is_file()
+    if mode == "mid-rename":  # the signal came after the old output was moved aside: the new one goes in whole
+        assert (out / "nemo_minitron.json").read_bytes() != before
+    else:
+        assert (out / "nemo_minitron.json").read_bytes() == before
+    assert _temps(tmp_path) == [], _temps(tmp_path)
+    assert not _wait_gone(seen), "processes outlived the command"

@@ -224,14 +224,14 @@ def test_resume_with_different_settings_is_refused_naming_the_keys(setup):
     assert res.status == "completed" and res.step == 2
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 75), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_launch_script_stop_signal_saves_and_exits_with_documented_code(setup, sig, code):
-    """SIGTERM (SLURM pre-emption) exits 75 for a requeue, Ctrl-C exits 130; both save, no traceback."""
+    """SIGTERM (SLURM pre-emption) exits 143 for a requeue, Ctrl-C exits 130; both save, no traceback."""
     import time
 
     from nemo_minitron.train import signals
 
-    assert (signals.PREEMPTED_EXIT_CODE, signals.INTERRUPTED_EXIT_CODE) == (75, 130)
+    assert (signals.PREEMPTED_EXIT_CODE, signals.INTERRUPTED_EXIT_CODE) == (143, 130)
     root = setup["root"]
     run_dir = root / f"cli_sig{int(sig)}"
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1",
