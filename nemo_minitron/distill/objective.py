@@ -36,7 +36,7 @@ import torch
 
 from nemo_minitron.config.model import ConfigError
 from nemo_minitron.distill import losses
-from nemo_minitron.distill.stage import DistillationStage, capture
+from nemo_minitron.distill.stage import capture
 
 #: Registered loss classes by name.
 LOSSES: dict[str, type["TrainingLoss"]] = {}
@@ -101,6 +101,11 @@ class TrainingLoss(torch.nn.Module):
     None when :attr:`needs_teacher` is False). ``batch`` has ``tokens``, ``labels``, ``loss_mask``,
     ``position_ids``. ``report`` maps each name of :attr:`report_keys` to a 0-d tensor (no host syncs:
     the trainer detaches, averages and logs them once per step).
+
+    Parameters of the loss object (e.g. a projection) are trained by the run's one megatron optimizer
+    (same DDP buffers, global gradient clip, distributed-optimizer state) and saved with the train
+    state; they are assumed replicated over tensor- and data-parallel ranks unless the class defines
+    ``sharded_state_dict``. Models from :class:`LossContext` are hooked, never stored as submodules.
     """
 
     needs_teacher: bool = True
@@ -112,6 +117,12 @@ class TrainingLoss(torch.nn.Module):
         super().__init__()
         self.kd = lc.kd
         self.tp_group = lc.tp_group
+        self._teacher = [lc.teacher if self.needs_teacher else None]  # a list: not a submodule, never trained
+
+    @property
+    def teacher(self) -> Optional[torch.nn.Module]:
+        """The frozen teacher stage the model chunk runs next to the student (None without one)."""
+        return self._teacher[0]
 
     def close(self) -> None:
         """Release hooks or other resources (called once when training ends)."""
@@ -238,26 +249,22 @@ class MinitronKD(LogitsKL):
         self.intermediate.close()
 
 
-def build_objective(cfg, ctx, student: torch.nn.Module, teacher: Optional[torch.nn.Module], student_cfg,
-                    teacher_cfg=None, loss: Optional[TrainingLoss] = None) -> tuple[DistillationStage, TrainingLoss]:
-    """The model chunk and the loss object for ``cfg`` (a :class:`~nemo_minitron.config.train.TrainConfig`).
+def loss_name(cfg) -> str:
+    """The loss ``cfg`` trains on: ``lm`` for ``mode=finetune``, else ``kd.loss``."""
+    return "lm" if cfg.mode == "finetune" else cfg.kd.loss
 
-    ``mode=finetune`` always trains on the LM loss; ``mode=distill`` uses ``kd.loss``. ``student`` is the
-    (DDP-wrapped) student stage. A ready ``loss`` object may be passed instead.
+
+def build_loss(cfg, ctx, student: torch.nn.Module, student_cfg, teacher: Optional[torch.nn.Module] = None,
+               teacher_cfg=None) -> TrainingLoss:
+    """The loss object for ``cfg`` (a :class:`~nemo_minitron.config.train.TrainConfig`) on ``ctx``'s device.
+
+    ``student`` / ``teacher`` are this rank's (unwrapped) stages; the teacher is kept by the loss only
+    when it needs one (:attr:`TrainingLoss.teacher`).
     """
-    if loss is None:
-        cls = LOSSES["lm"] if cfg.mode == "finetune" else resolve_loss(cfg.kd.loss)
-        if cls.needs_teacher and teacher is None:
-            raise ConfigError(f"kd.loss={cls.__name__} needs a teacher (model.kd_teacher_restore_from_path)")
-        unwrapped = student
-        while hasattr(unwrapped, "module"):
-            unwrapped = unwrapped.module
-        lc = LossContext(kd=cfg.kd, tp_group=ctx.tp_group if ctx.tp_size > 1 else None, student=unwrapped,
-                         teacher=teacher if cls.needs_teacher else None, student_cfg=student_cfg,
-                         teacher_cfg=teacher_cfg, is_last_stage=ctx.is_last_stage, seed=student_cfg.seed)
-        loss = cls(lc)
-    use_teacher = teacher if loss.needs_teacher else None
-    stage = DistillationStage(student, use_teacher, student_cfg.hidden_size,
-                              teacher_cfg.hidden_size if use_teacher is not None else 0,
-                              is_last_stage=ctx.is_last_stage, pp_size=ctx.pp_size)
-    return stage, loss.to(ctx.device)
+    cls = resolve_loss(loss_name(cfg))
+    if cls.needs_teacher and teacher is None:
+        raise ConfigError(f"kd.loss={cls.__name__} needs a teacher (model.kd_teacher_restore_from_path)")
+    lc = LossContext(kd=cfg.kd, tp_group=ctx.tp_group if ctx.tp_size > 1 else None, student=student,
+                     teacher=teacher if cls.needs_teacher else None, student_cfg=student_cfg,
+                     teacher_cfg=teacher_cfg, is_last_stage=ctx.is_last_stage, seed=student_cfg.seed)
+    return cls(lc).to(ctx.device)

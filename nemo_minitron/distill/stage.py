@@ -99,13 +99,13 @@ def capture(model: torch.nn.Module, name: str, role: str, model_cfg, hooks: list
 class DistillationStage(torch.nn.Module):
     """Student + teacher stage as one megatron model chunk (see module docstring)."""
 
-    def __init__(self, student: torch.nn.Module, teacher: Optional[torch.nn.Module], student_hidden: int,
-                 teacher_hidden: int = 0, is_last_stage: bool = True, pp_size: int = 1):
+    def __init__(self, student: torch.nn.Module, teacher: Optional[torch.nn.Module] = None,
+                 is_last_stage: bool = True, pp_size: int = 1):
         super().__init__()
         self.module = student  # the DDP-wrapped student; megatron finds .config through it
         self._teacher = [teacher]  # a list keeps the teacher out of parameters() and state_dict()
-        self.student_hidden = student_hidden
-        self.teacher_hidden = teacher_hidden
+        self.student_hidden = _unwrap(student).config.hidden_size
+        self.teacher_hidden = teacher.config.hidden_size if teacher is not None else 0
         self.is_last_stage = is_last_stage
         self.pp_size = pp_size
 

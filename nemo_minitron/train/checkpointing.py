@@ -4,8 +4,9 @@ Layout (``RUN/checkpoints/step_0000100/``)::
 
     model/               a plain nemo_minitron checkpoint of the student (loads with load_checkpoint;
                          the teacher is never saved)
-    optimizer/           megatron dist checkpoint of optimizer.sharded_state_dict(...)
-    rank_00000.pt ...    per-rank RNG states and the state of the KD projection (if any)
+    optimizer/           megatron dist checkpoint of optimizer.sharded_state_dict(...) and of the
+                         loss object's own parameters (e.g. a KD projection), resharded like the rest
+    rank_00000.pt ...    per-rank RNG states
     trainer_state.json   step, consumed samples, Adam step, parallel layout
     COMPLETE             written last
 
@@ -161,10 +162,29 @@ def _set_rng_state(state: dict) -> None:
             get_cuda_rng_tracker().set_states(state["tracker"])
 
 
+#: Key of the loss object's parameters inside the ``optimizer/`` dist checkpoint.
+LOSS_STATE = "training_loss"
+
+
 def _optimizer_sharded_state(optimizer, module: torch.nn.Module, is_loading: bool) -> dict:
+    """The optimizer's sharded state over ``module`` (the trained chunk), plus the loss's parameters if it has them."""
+    from nemo_minitron.train.chunk import TrainedChunk, loss_sharded_state
+
     model_sd = module.sharded_state_dict(prefix="")
-    return optim_compat.distopt_sharded_state_dict(optimizer, model_sd, is_loading=is_loading,
-                                                   metadata={"distrib_optim_sharding_type": DISTOPT_SHARDING})
+    state = optim_compat.distopt_sharded_state_dict(optimizer, model_sd, is_loading=is_loading,
+                                                    metadata={"distrib_optim_sharding_type": DISTOPT_SHARDING})
+    if isinstance(module, TrainedChunk):
+        state[LOSS_STATE] = loss_sharded_state(module.loss)
+    return state
+
+
+def _trained_and_student(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(trained chunk, student GPT stage)`` of a DDP-wrapped, chunk or bare ``model``."""
+    from nemo_minitron.train.chunk import TrainedChunk
+
+    trained = getattr(model, "module", model) if not isinstance(model, TrainedChunk) else model
+    student = trained.module if isinstance(trained, TrainedChunk) else trained
+    return trained, student
 
 
 def save_train_state(
@@ -180,12 +200,13 @@ def save_train_state(
 ) -> Path:
     """Save a train-state checkpoint for ``step``. Collective.
 
-    ``student`` may be DDP-wrapped. ``trainer_state`` is JSON-serialisable (step, consumed samples...);
-    ``extra_state`` is this rank's additional torch state (e.g. the KD projection), saved per rank.
+    ``student`` is the trained model: megatron DDP around a :class:`~nemo_minitron.train.chunk.TrainedChunk`
+    (student + loss parameters), the chunk, or a bare student. ``trainer_state`` is JSON-serialisable
+    (step, consumed samples...); ``extra_state`` is this rank's additional torch state, saved per rank.
     """
     from megatron.core import dist_checkpointing
 
-    module = getattr(student, "module", student)
+    trained, module = _trained_and_student(student)
     root = checkpoint_root(run_dir)
     final = root / f"step_{step:07d}"
     tmp = root / f".step_{step:07d}.incomplete"
@@ -198,7 +219,7 @@ def save_train_state(
     t0 = time.time()
     save_checkpoint(module, student_cfg, tmp / "model", tokenizer_dir=tokenizer_dir,
                     extra_metadata={"train_step": step})
-    dist_checkpointing.save(_optimizer_sharded_state(optimizer, module, is_loading=False), str(tmp / "optimizer"))
+    dist_checkpointing.save(_optimizer_sharded_state(optimizer, trained, is_loading=False), str(tmp / "optimizer"))
     torch.save({"rng": _rng_state(), "extra": extra_state or {}}, tmp / f"rank_{_rank():05d}.pt")
     barrier()
     if _rank() == 0:
@@ -220,7 +241,7 @@ def load_train_state(
     student_cfg: ModelConfig,
     optimizer,
 ) -> tuple[dict, dict]:
-    """Restore student weights, optimizer and this rank's RNG from ``path``. Collective.
+    """Restore student weights, the loss's parameters, optimizer and this rank's RNG from ``path``. Collective.
 
     Returns ``(trainer_state, extra_state)``. The parallel layout may differ from the saved one in
     the data-parallel size only when the distributed optimizer is used; the model reshards freely.
@@ -229,13 +250,18 @@ def load_train_state(
 
     path = Path(path)
     state = json.loads((path / STATE_FILE).read_text())
-    module = getattr(student, "module", student)
+    trained, module = _trained_and_student(student)
     load_checkpoint(module, student_cfg, path / "model")
     optim_compat.prime_optimizer_state(optimizer)
     with torch.no_grad():  # dp_reshardable load must not record autograd history
-        loaded = dist_checkpointing.load(_optimizer_sharded_state(optimizer, module, is_loading=True),
+        loaded = dist_checkpointing.load(_optimizer_sharded_state(optimizer, trained, is_loading=True),
                                          str(path / "optimizer"))
+        loss_state = loaded.pop(LOSS_STATE, None)
         optimizer.load_state_dict(loaded)
+        if loss_state:
+            from nemo_minitron.train.chunk import LOSS_PREFIX
+
+            trained.loss.load_state_dict({k[len(LOSS_PREFIX):]: v for k, v in loss_state.items()})
     if state.get("adam_step") is not None:
         optim_compat.set_adam_step(optimizer, int(state["adam_step"]))
     rank_file = path / f"rank_{_rank():05d}.pt"

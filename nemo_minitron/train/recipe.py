@@ -98,6 +98,7 @@ def run(cfg: TrainConfig, run_dir: Optional[str | Path] = None, data=None) -> Ru
         save_checkpoint,
         tokenizer_path,
     )
+    from nemo_minitron.distill.objective import build_loss
     from nemo_minitron.distill.teacher import check_same_tokenizer, load_teacher
     from nemo_minitron.interop.convert import resolve_checkpoint
     from nemo_minitron.models.builder import build_gpt_model
@@ -136,8 +137,8 @@ def run(cfg: TrainConfig, run_dir: Optional[str | Path] = None, data=None) -> Ru
             break
     if data is None:
         data = MegatronData(cfg, ctx, tokenizer=tok_dir, run_dir=run_dir)
-    trainer = Trainer(cfg, ctx, student, student_cfg, data, run_dir, teacher=teacher, teacher_cfg=teacher_cfg,
-                      tokenizer_dir=tok_dir)
+    loss = build_loss(cfg, ctx, student, student_cfg, teacher, teacher_cfg)
+    trainer = Trainer(cfg, ctx, student, student_cfg, data, run_dir, loss, tokenizer_dir=tok_dir)
     status = trainer.fit()
     export = None
     if status == "completed" and cfg.export.save_path:

@@ -3,6 +3,7 @@
 The loop knows one model chunk and one loss object (:mod:`nemo_minitron.distill.objective`): the
 chunk returns ``(student_logits, teacher_logits)`` on the last pipeline stage and the loss object,
 chosen by ``kd.loss`` (or the LM loss for ``mode=finetune``), turns them into the loss to train on.
+Parameters the loss owns are trained with the student (:class:`~nemo_minitron.train.chunk.TrainedChunk`).
 
 It uses megatron-core end to end: ``DistributedDataParallel``, ``get_megatron_optimizer`` (the
 distributed optimizer or plain Adam), the no-pipelining / 1F1B schedules with gradient
@@ -15,6 +16,7 @@ TensorBoard; a tqdm bar shows progress on rank 0. Train-state checkpoints
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from functools import partial
 from pathlib import Path
@@ -25,12 +27,13 @@ import torch.distributed as dist
 
 from nemo_minitron.config.model import ConfigError, ModelConfig
 from nemo_minitron.config.train import OPTIMIZERS, TrainConfig
-from nemo_minitron.distill.objective import TrainingLoss, build_objective, lm_loss
+from nemo_minitron.distill.objective import TrainingLoss
 from nemo_minitron.distill.stage import DistillationStage
 from nemo_minitron.logging import get_logger
-from nemo_minitron.models.forward import perplexity
+from nemo_minitron.models.forward import lm_loss_sums
 from nemo_minitron.runtime import ParallelContext
 from nemo_minitron.train import checkpointing, signals
+from nemo_minitron.train.chunk import TrainedChunk
 from nemo_minitron.train.lr import lr_at
 
 log = get_logger(__name__)
@@ -66,17 +69,19 @@ def apply_group_schedule(param_groups, lr: float, weight_decay: float) -> None:
 
 
 class Trainer:
-    """Train ``student`` (this rank's stage) on ``loss`` (default: built from ``cfg``, see ``build_objective``)."""
+    """Train ``student`` (this rank's stage) and the parameters of ``loss`` on ``loss``.
+
+    ``loss`` comes from :func:`nemo_minitron.distill.objective.build_loss`; the teacher it names
+    (:attr:`~nemo_minitron.distill.objective.TrainingLoss.teacher`) runs next to the student.
+    """
 
     def __init__(self, cfg: TrainConfig, ctx: ParallelContext, student: torch.nn.Module, student_cfg: ModelConfig,
-                 data: DataProvider, run_dir: str | Path, teacher: Optional[torch.nn.Module] = None,
-                 teacher_cfg: Optional[ModelConfig] = None, tokenizer_dir: Optional[str] = None,
-                 loss: Optional[TrainingLoss] = None):
+                 data: DataProvider, run_dir: str | Path, loss: TrainingLoss, tokenizer_dir: Optional[str] = None):
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         self.cfg, self.ctx, self.data = cfg, ctx, data
-        self.student_cfg, self.teacher_cfg = student_cfg, teacher_cfg
+        self.student, self.student_cfg, self.loss = student, student_cfg, loss
         self.run_dir = Path(run_dir)
         self.tokenizer_dir = tokenizer_dir
         m = cfg.model
@@ -88,7 +93,7 @@ class Trainer:
             config=tconf,
             ddp_config=_make(DistributedDataParallelConfig, grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                              use_distributed_optimizer=self.use_distopt, check_for_nan_in_grad=True),
-            module=student,
+            module=TrainedChunk(student, loss),
         )
         self.optimizer = get_megatron_optimizer(
             _make(OptimizerConfig, optimizer="adam", lr=m.optim.lr, min_lr=m.optim.sched.min_lr,
@@ -98,15 +103,8 @@ class Trainer:
                   params_dtype=tconf.params_dtype, use_distributed_optimizer=self.use_distopt),
             [self.ddp],
         )
-        self.stage: DistillationStage
-        self.stage, self.loss = build_objective(cfg, ctx, self.ddp, teacher, student_cfg, teacher_cfg, loss)
-        self.report_keys = tuple(self.loss.report_keys)
-        # parameters the loss object owns (e.g. a KD projection): trained alongside, not in the student checkpoint
-        self.loss_params = [p for p in self.loss.parameters() if p.requires_grad]
-        self.loss_opt = None
-        if self.loss_params:
-            self.loss_opt = torch.optim.AdamW(self.loss_params, lr=m.optim.lr, betas=tuple(m.optim.betas),
-                                              eps=m.optim.eps, weight_decay=m.optim.weight_decay)
+        self.stage = DistillationStage(self.ddp, loss.teacher, is_last_stage=ctx.is_last_stage, pp_size=ctx.pp_size)
+        self.report_keys = tuple(loss.report_keys)
         tconf.no_sync_func = self.ddp.no_sync
         tconf.grad_scale_func = self.optimizer.scale_loss
         tconf.finalize_model_grads_func = self._finalize_grads
@@ -163,8 +161,6 @@ class Trainer:
         self.loss.train()
         self.ddp.zero_grad_buffer()
         self.optimizer.zero_grad()
-        if self.loss_opt is not None:
-            self.loss_opt.zero_grad(set_to_none=True)
         kwargs = self.stage.schedule_kwargs()
         reports = get_forward_backward_func()(
             forward_step_func=self._forward_step, data_iterator=iter(micro_batches), model=[self.stage],
@@ -174,65 +170,24 @@ class Trainer:
         lr = self._lr(self.step)
         apply_group_schedule(self.optimizer.param_groups, lr, self.cfg.model.optim.weight_decay)
         ok, grad_norm, _ = self.optimizer.step()
-        if self.loss_opt is not None:
-            self._step_loss_params(lr)
         scalars = self._reduce_scalars(reports, self.report_keys)
         scalars.update(lr=lr, grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                        update_ok=float(bool(ok)))
         return scalars
 
-    def _step_loss_params(self, lr: float) -> None:
-        """Average the loss object's gradients over DP, clip them, and step their AdamW."""
-        params = [p for p in self.loss_params if p.grad is not None]
-        if self.ctx.dp_size > 1:
-            for p in params:
-                dist.all_reduce(p.grad, group=self.ctx.dp_group)
-                p.grad /= self.ctx.dp_size
-        if self.cfg.trainer.gradient_clip_val > 0 and params:
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.trainer.gradient_clip_val)
-        for g in self.loss_opt.param_groups:
-            g["lr"] = lr
-        self.loss_opt.step()
-
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> Optional[dict]:
         """Student LM loss and perplexity on ``trainer.limit_val_batches`` validation micro-batches."""
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
         it = self.data.valid_iterator()
         if it is None or self.cfg.trainer.limit_val_batches < 1:
             return None
-        batches = []
-        for _ in range(self.cfg.trainer.limit_val_batches):
-            try:
-                batches.append(next(it))
-            except StopIteration:
-                break
+        batches = list(itertools.islice(it, self.cfg.trainer.limit_val_batches))
         if not batches:
             return None
-        self.ddp.eval()
-
-        def loss_func(batch, output):
-            lm = lm_loss(output, batch)
-            tokens = batch["loss_mask"].float().sum()
-            return lm * 0, {"lm_sum": (lm * tokens.clamp_min(1.0)).detach(), "tokens": tokens}
-
-        def fwd(data_iter, model):
-            batch = self._to_device(next(data_iter))
-            return model(batch["tokens"], batch["position_ids"], None), partial(loss_func, batch)
-
-        try:  # the student alone: validation needs no teacher
-            reports = get_forward_backward_func()(
-                forward_step_func=fwd, data_iterator=iter(batches), model=[self.ddp],
-                num_microbatches=len(batches), seq_length=self.seq, micro_batch_size=self.mbs, forward_only=True)
-        finally:
-            self.stage.train()
-        sums = self._reduce_scalars([{"lm_sum": r["lm_sum"], "tokens": r["tokens"]} for r in reports] if reports
-                                    else [], keys=("lm_sum", "tokens"))
-        # _reduce_scalars averages; the ratio of averages is the token-weighted mean
-        val_loss = sums["lm_sum"] / max(sums["tokens"], 1.0)
-        return {"val_loss": val_loss, "val_ppl": perplexity(val_loss)}
+        # the student alone (validation needs no teacher), through the one forward engine
+        sums = lm_loss_sums(self.ddp, batches, dp_group=self.ctx.dp_group if self.ctx.dp_size > 1 else None)
+        return {"val_loss": sums.loss, "val_ppl": sums.ppl}
 
     # ------------------------------------------------------------------ checkpoints
     def _trainer_state(self) -> dict:
@@ -242,17 +197,11 @@ class Trainer:
                 "layout": {"tp": c.tp_size, "pp": c.pp_size, "dp": c.dp_size},
                 "optimizer": self.cfg.model.optim.name, "max_steps": self.cfg.trainer.max_steps}
 
-    def _extra_state(self) -> dict:
-        if self.loss_opt is None:
-            return {}
-        return {"loss": self.loss.state_dict(), "loss_optim": self.loss_opt.state_dict()}
-
     def save(self) -> Path:
         """Write a train-state checkpoint for the current step. Collective."""
         return checkpointing.save_train_state(
             self.run_dir, self.step, self.ddp, self.student_cfg, self.optimizer, self._trainer_state(),
-            keep_last_k=self.cfg.exp_manager.keep_last_k, tokenizer_dir=self.tokenizer_dir,
-            extra_state=self._extra_state())
+            keep_last_k=self.cfg.exp_manager.keep_last_k, tokenizer_dir=self.tokenizer_dir)
 
     def maybe_resume(self) -> bool:
         """Resume from the run directory's latest checkpoint if ``exp_manager.resume_if_exists``."""
@@ -273,12 +222,9 @@ class Trainer:
                 "in a new run directory")
         if saved and saved != now:
             log.info("resuming a checkpoint saved at %s with layout %s", saved, now)
-        state, extra = checkpointing.load_train_state(path, self.ddp, self.student_cfg, self.optimizer)
+        state, _ = checkpointing.load_train_state(path, self.ddp, self.student_cfg, self.optimizer)
         self.step = int(state["step"])
         self.consumed_samples = int(state["consumed_samples"])
-        if self.loss_opt is not None and extra.get("loss"):
-            self.loss.load_state_dict(extra["loss"])
-            self.loss_opt.load_state_dict(extra["loss_optim"])
         return True
 
     # ------------------------------------------------------------------ the loop

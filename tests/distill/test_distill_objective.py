@@ -66,6 +66,41 @@ def test_a_new_loss_is_one_class_and_one_config_line(world, ckpts, tmp_path, nam
     assert second["loss"] < first["loss"]  # it trains
 
 
+@register("toy_scaled_kl")
+class ToyScaledKL(TrainingLoss):
+    """A toy KD loss that owns a parameter: a learned scale on the logit KL."""
+
+    report_keys = ("loss",)
+
+    def __init__(self, lc):
+        super().__init__(lc)
+        self.log_scale = torch.nn.Parameter(torch.full((1,), 0.5))
+
+    def forward(self, student_logits, teacher_logits, batch):  # noqa: D102
+        kl = losses.masked_mean(losses.vocab_parallel_logit_kl(student_logits, teacher_logits, self.tp_group),
+                                batch["loss_mask"])
+        loss = self.log_scale.exp()[0] * kl
+        return loss, {"loss": loss}
+
+
+def test_parameters_of_a_loss_go_through_the_one_optimizer_and_its_clip(world, ckpts, tmp_path):
+    """The loss's own parameter is a parameter of the megatron optimizer, counts in the global grad norm and steps."""
+    cfg = train_cfg("distill", teacher=str(ckpts / "teacher"), max_steps=1, optim="adam", seq=16, mbs=2, gbs=2)
+    cfg.kd.loss = "toy_scaled_kl"
+    cfg.trainer.gradient_clip_val = 0.0  # the reported norm is the unclipped one either way
+    tr = build_trainer(cfg, world, tiny(num_layers=2), tmp_path / "run", student_ckpt=ckpts / "student")
+    param = tr.loss.log_scale
+    before = param.detach().clone()
+    assert any(p is param for g in tr.optimizer.param_groups for p in g["params"])
+    scalars = tr.train_step([next(SyntheticData(256, 16, 2).train_iterator(0))])
+    student_sq = sum(float(p.main_grad.double().pow(2).sum()) for p in tr.student.parameters())
+    own_sq = float(param.main_grad.double().pow(2).sum())
+    assert own_sq > 1e-6
+    assert scalars["grad_norm"] == pytest.approx((student_sq + own_sq) ** 0.5, rel=1e-6)
+    assert not torch.equal(param.detach(), before)  # stepped by the same optimizer
+    tr.close()
+
+
 def test_unknown_loss_names_the_key():
     with pytest.raises(ConfigError, match="kd.loss='nope'.*minitron"):
         resolve_loss("nope")

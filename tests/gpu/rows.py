@@ -191,6 +191,7 @@ def row_prune(root: Path) -> Row:
 
 
 def _trainer(student, student_cfg, teacher, teacher_cfg, mbs: int, gbs: int, seq: int, steps: int, run_dir: Path):
+    from nemo_minitron.distill.objective import build_loss
     from nemo_minitron.train.trainer import Trainer
     from tests.workers.distill_common import SyntheticData, train_cfg
 
@@ -198,7 +199,8 @@ def _trainer(student, student_cfg, teacher, teacher_cfg, mbs: int, gbs: int, seq
     cfg = train_cfg("distill", teacher="unused", max_steps=steps, mbs=mbs, gbs=gbs, seq=seq,
                     optim="distributed_fused_adam")
     data = SyntheticData(student_cfg.vocab_size, seq, mbs, ctx.dp_rank, ctx.dp_size)
-    return Trainer(cfg, ctx, student, student_cfg, data, run_dir, teacher=teacher, teacher_cfg=teacher_cfg), data
+    loss = build_loss(cfg, ctx, student, student_cfg, teacher, teacher_cfg)
+    return Trainer(cfg, ctx, student, student_cfg, data, run_dir, loss), data
 
 
 _CTX = None

@@ -94,6 +94,7 @@ def train_cfg(mode: str = "distill", teacher: Optional[str] = None, max_steps: i
 def build_trainer(cfg: TrainConfig, ctx, student_cfg: ModelConfig, run_dir, student_ckpt=None, seed: int = 11):
     """Student (from ``student_ckpt`` or fresh with ``seed``) + teacher + synthetic data -> Trainer."""
     from nemo_minitron.checkpoint import load_checkpoint
+    from nemo_minitron.distill.objective import build_loss
     from nemo_minitron.distill.teacher import load_teacher
     from nemo_minitron.models.builder import build_gpt_model
     from nemo_minitron.runtime import seed_everything
@@ -108,4 +109,4 @@ def build_trainer(cfg: TrainConfig, ctx, student_cfg: ModelConfig, run_dir, stud
         teacher, tcfg = load_teacher(cfg.model.kd_teacher_restore_from_path, student_cfg, cfg.model.encoder_seq_length)
     data = SyntheticData(student_cfg.vocab_size, cfg.model.encoder_seq_length, cfg.model.micro_batch_size,
                          ctx.dp_rank, ctx.dp_size)
-    return Trainer(cfg, ctx, student, student_cfg, data, run_dir, teacher=teacher, teacher_cfg=tcfg)
+    return Trainer(cfg, ctx, student, student_cfg, data, run_dir, build_loss(cfg, ctx, student, student_cfg, teacher, tcfg))

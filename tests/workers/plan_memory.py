@@ -43,6 +43,7 @@ def main() -> None:
 
     from nemo_minitron import runtime
     from nemo_minitron.config.model import ModelConfig
+    from nemo_minitron.distill.objective import build_loss
     from nemo_minitron.distill.teacher import freeze
     from nemo_minitron.models.builder import build_gpt_model
     from nemo_minitron.plan.memory import stage_memory
@@ -60,7 +61,8 @@ def main() -> None:
     tcfg = train_cfg("distill", teacher="unused", max_steps=2, mbs=MBS, gbs=GBS, seq=SEQ,
                      optim="distributed_fused_adam" if distopt else "fused_adam")
     data = SyntheticData(cfg.vocab_size, SEQ, MBS, ctx.dp_rank, ctx.dp_size)
-    trainer = Trainer(tcfg, ctx, student, cfg, data, "/tmp/unused_plan_memory", teacher=teacher, teacher_cfg=cfg)
+    trainer = Trainer(tcfg, ctx, student, cfg, data, "/tmp/unused_plan_memory",
+                      build_loss(tcfg, ctx, student, cfg, teacher, cfg))
     it = data.train_iterator(0)
     for _ in range(2):
         trainer.train_step([next(it) for _ in range(trainer.num_micro)])
