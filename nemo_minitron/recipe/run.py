@@ -45,7 +45,8 @@ def train_config(rc: MinitronConfig, mode: str, student: Path, teacher: Optional
     m.optim.sched.warmup_steps, m.optim.sched.min_lr = budget.warmup_steps, budget.lr * budget.min_lr_ratio
     m.data.data_prefix, m.data.splits_string = [rc.train_data], "98,2,0"
     cfg.trainer.max_steps, cfg.trainer.log_every_n_steps = budget.steps, max(1, min(10, budget.steps // 4))
-    cfg.trainer.val_check_interval, cfg.trainer.limit_val_batches = budget.steps, 2
+    cfg.trainer.val_check_interval = budget.val_check_interval or budget.steps
+    cfg.trainer.limit_val_batches = 4
     cfg.exp_manager.explicit_log_dir = str(run_dir)
     cfg.exp_manager.checkpoint_every_n_steps = budget.checkpoint_every_n_steps
     cfg.export.save_path = str(save_path)
@@ -76,8 +77,9 @@ class Recipe:
             raise ConfigError(f"{path} does not exist yet: add {step!r} to steps (steps={self.rc.steps})")
         return path
 
-    def _train(self, mode: str, student: Path, teacher: Optional[Path], budget: TrainBudget, run_dir: Path,
-               out: Path) -> Path:
+    def train(self, mode: str, student: Path, teacher: Optional[Path], budget: TrainBudget, run_dir: Path,
+              out: Path) -> Path:
+        """One ``finetune`` (LM loss) or ``distill`` run into ``out`` (skipped when ``out`` is complete)."""
         from nemo_minitron.train.recipe import run
 
         if self._done(out):
@@ -111,7 +113,7 @@ class Recipe:
         out = self.work / "teacher_corrected"
         if not self._want("correct"):
             return out if self.preempted else self._need(out, "correct")
-        return self._train("finetune", teacher, None, self.rc.correction, self.work / "runs" / "correct", out)
+        return self.train("finetune", teacher, None, self.rc.correction, self.work / "runs" / "correct", out)
 
     def prune(self, stage: CompressionStage, source: Path) -> Path:
         """Step ``prune`` of one round: importance (cached in <stage>/importance.pt), then the pruned student."""
@@ -142,7 +144,7 @@ class Recipe:
         out = self.work / stage.name / "distilled"
         if not self._want("distill"):
             return out if self.preempted else self._need(out, "distill")
-        return self._train("distill", pruned, teacher, stage.distill, self.work / stage.name / "runs" / "distill",
+        return self.train("distill", pruned, teacher, stage.distill, self.work / stage.name / "runs" / "distill",
                            out)
 
     def evaluate(self, models: list[tuple[str, Path]]) -> list[dict]:
