@@ -62,6 +62,22 @@ class OptimConfig:
     sched: SchedConfig = field(default_factory=SchedConfig)
     """Learning-rate schedule."""
 
+    overlap_grad_sync: Optional[bool] = None
+    """Overlap the data-parallel gradient reduction with the backward pass (NeMo key; megatron DDP
+    overlap_grad_reduce); null: on with a GPU and the distributed optimizer, off otherwise."""
+
+    overlap_param_sync: Optional[bool] = None
+    """Overlap the distributed optimizer's parameter all-gather with the next forward pass (NeMo key;
+    megatron DDP overlap_param_gather; needs name=distributed_fused_adam); null: on with a GPU and the
+    distributed optimizer, off otherwise."""
+
+    def ddp_overlap(self, on_gpu: bool) -> dict[str, bool]:
+        """The megatron ``DistributedDataParallelConfig`` overlap fields for this optimizer, on a GPU or the CPU."""
+        distopt = OPTIMIZERS.get(self.name, False)
+        grad = (on_gpu and distopt) if self.overlap_grad_sync is None else bool(self.overlap_grad_sync)
+        param = (on_gpu and distopt) if self.overlap_param_sync is None else bool(self.overlap_param_sync)
+        return {"overlap_grad_reduce": grad, "overlap_param_gather": param}
+
 
 @dataclass
 class TrainDataConfig:
@@ -261,6 +277,9 @@ class TrainConfig:
             )
         if m.optim.name not in OPTIMIZERS:
             raise ConfigError(f"model.optim.name={m.optim.name!r} must be one of {sorted(OPTIMIZERS)}")
+        if m.optim.overlap_param_sync and not OPTIMIZERS[m.optim.name]:
+            raise ConfigError(f"model.optim.overlap_param_sync=true needs the distributed optimizer "
+                              f"(model.optim.name=distributed_fused_adam, not {m.optim.name}); set it to false or null")
         if m.optim.sched.name not in ("CosineAnnealing", "constant"):
             raise ConfigError(f"model.optim.sched.name={m.optim.sched.name!r} must be CosineAnnealing or constant")
         if m.optim.sched.warmup_steps < 0:

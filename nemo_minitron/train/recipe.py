@@ -142,6 +142,7 @@ def run(cfg: TrainConfig, run_dir: Optional[str | Path] = None, data=None) -> Ru
     status = trainer.fit()
     export = None
     if status == "completed" and cfg.export.save_path:
+        trainer.sync_params()
         export = str(save_checkpoint(student, student_cfg, cfg.export.save_path, overwrite=cfg.export.overwrite,
                                      tokenizer_dir=tok_dir,
                                      extra_metadata={"trained_by": cfg.mode, "train_steps": trainer.step,

@@ -89,9 +89,11 @@ class Trainer:
         self.num_micro = cfg.num_microbatches(ctx.dp_size)
         self.use_distopt = OPTIMIZERS[m.optim.name]
         tconf = student.config
+        overlap = m.optim.ddp_overlap(ctx.on_gpu)  # model.optim.overlap_grad_sync / overlap_param_sync
+        self.overlap_param_gather = overlap["overlap_param_gather"]
         self.ddp = DistributedDataParallel(
             config=tconf,
-            ddp_config=_make(DistributedDataParallelConfig, grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+            ddp_config=_make(DistributedDataParallelConfig, grad_reduce_in_fp32=True, **overlap,
                              use_distributed_optimizer=self.use_distopt, check_for_nan_in_grad=True),
             module=TrainedChunk(student, loss),
         )
@@ -100,7 +102,8 @@ class Trainer:
                   weight_decay=m.optim.weight_decay, adam_beta1=float(m.optim.betas[0]),
                   adam_beta2=float(m.optim.betas[1]), adam_eps=m.optim.eps,
                   clip_grad=float(cfg.trainer.gradient_clip_val), bf16=tconf.bf16, fp16=tconf.fp16,
-                  params_dtype=tconf.params_dtype, use_distributed_optimizer=self.use_distopt),
+                  params_dtype=tconf.params_dtype, use_distributed_optimizer=self.use_distopt,
+                  overlap_param_gather=self.overlap_param_gather),
             [self.ddp],
         )
         self.stage = DistillationStage(self.ddp, loss.teacher, is_last_stage=ctx.is_last_stage, pp_size=ctx.pp_size)
@@ -115,6 +118,16 @@ class Trainer:
         self.val_history: list[dict] = []
 
     # ------------------------------------------------------------------ megatron plumbing
+    def sync_params(self) -> None:
+        """Bring every rank's weights up to date after an optimizer step. Collective.
+
+        With ``model.optim.overlap_param_sync`` the distributed optimizer's parameter all-gather runs
+        during the next forward pass, so between steps each rank holds current values only for its own
+        shard; saving and evaluating call this first. A no-op without the overlap.
+        """
+        if self.overlap_param_gather:
+            self.ddp.start_param_sync(force_sync=True)
+
     def _finalize_grads(self, model_chunks, *args, **kwargs):
         from megatron.core.distributed import finalize_model_grads
 
@@ -185,6 +198,7 @@ class Trainer:
         batches = list(itertools.islice(it, self.cfg.trainer.limit_val_batches))
         if not batches:
             return None
+        self.sync_params()
         # the student alone (validation needs no teacher), through the one forward engine
         sums = lm_loss_sums(self.ddp, batches, dp_group=self.ctx.dp_group if self.ctx.dp_size > 1 else None)
         return {"val_loss": sums.loss, "val_ppl": sums.ppl}
@@ -199,6 +213,7 @@ class Trainer:
 
     def save(self) -> Path:
         """Write a train-state checkpoint for the current step. Collective."""
+        self.sync_params()
         return checkpointing.save_train_state(
             self.run_dir, self.step, self.ddp, self.student_cfg, self.optimizer, self._trainer_state(),
             keep_last_k=self.cfg.exp_manager.keep_last_k, tokenizer_dir=self.tokenizer_dir)
