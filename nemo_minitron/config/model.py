@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from nemo_minitron.models.names import ACTIVATIONS  # the table lives with the names
+
 #: Fields that describe how a model is run, not what it is. They are excluded from
 #: :meth:`ModelConfig.arch_dict`, so checkpoints saved at one layout load at another.
 RUNTIME_FIELDS = (
@@ -30,7 +32,7 @@ RUNTIME_FIELDS = (
 )
 
 NORMALIZATIONS = ("RMSNorm", "LayerNorm")
-ACTIVATIONS = ("silu", "gelu", "relu", "squared_relu")
+
 POSITION_EMBEDDINGS = ("rope", "learned_absolute", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")

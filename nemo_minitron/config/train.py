@@ -296,8 +296,11 @@ class TrainConfig:
             raise ConfigError(f"kd.temperature={self.kd.temperature} must be > 0")
         if self.kd.top_k is not None and self.kd.top_k < 1:
             raise ConfigError(f"kd.top_k={self.kd.top_k} must be >= 1 or null")
-        if self.kd.intermediate_loss not in ("cosine", "mse"):
-            raise ConfigError(f"kd.intermediate_loss={self.kd.intermediate_loss!r} must be cosine or mse")
+        from nemo_minitron.distill.losses import HIDDEN_STATE_LOSSES
+
+        if self.kd.intermediate_loss not in HIDDEN_STATE_LOSSES:
+            raise ConfigError(f"kd.intermediate_loss={self.kd.intermediate_loss!r} must be one of "
+                              f"{list(HIDDEN_STATE_LOSSES)}")
         for i, pair in enumerate(self.kd.intermediate_pairs):
             if len(pair) != 2 or not all(isinstance(x, str) for x in pair):
                 raise ConfigError(f"kd.intermediate_pairs[{i}]={pair!r} must be [student_module, teacher_module]")

@@ -258,19 +258,24 @@ def _vocab_parallel_topk_kl(zs: torch.Tensor, zt: torch.Tensor, k: int, reverse:
 # ----------------------------------------------------------------------------- intermediate states
 
 
+#: ``kd.intermediate_loss`` names -> per-token loss of fp32 states ``[..., H]`` (config validation reads this).
+HIDDEN_STATE_LOSSES = {
+    "cosine": lambda s, t: 1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8),
+    "mse": lambda s, t: (s - t).pow(2).mean(-1),
+}
+
+
 def hidden_state_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
     """Per-token loss between (projected) student and teacher hidden states ``[..., H]``.
 
-    ``cosine``: ``1 - cos(s, t)``; ``mse``: mean over channels of ``(s - t)**2``.
+    ``cosine``: ``1 - cos(s, t)``; ``mse``: mean over channels of ``(s - t)**2`` (:data:`HIDDEN_STATE_LOSSES`).
     """
     s, t = student.float(), teacher.detach().float()
     if s.shape != t.shape:
         raise ValueError(f"hidden-state shapes differ: student {tuple(s.shape)} vs teacher {tuple(t.shape)}")
-    if kind == "cosine":
-        return 1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)
-    if kind == "mse":
-        return (s - t).pow(2).mean(-1)
-    raise ValueError(f"kd.intermediate_loss={kind!r} must be cosine or mse")
+    if kind not in HIDDEN_STATE_LOSSES:
+        raise ValueError(f"kd.intermediate_loss={kind!r} must be one of {list(HIDDEN_STATE_LOSSES)}")
+    return HIDDEN_STATE_LOSSES[kind](s, t)
 
 
 # ----------------------------------------------------------------------------- reduction, balancing

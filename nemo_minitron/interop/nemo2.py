@@ -40,13 +40,13 @@ from nemo_minitron.atomic import (
 )
 from nemo_minitron.config.model import ConfigError, ModelConfig
 from nemo_minitron.logging import get_logger
+from nemo_minitron.models.names import ACTIVATIONS
 
 log = get_logger(__name__)
 
 PathLike = Union[str, os.PathLike]
 PREFIX = "module."
-_ACT_TARGETS = {"silu": "torch.nn.functional.silu", "gelu": "torch.nn.functional.gelu",
-                "relu": "torch.nn.functional.relu", "squared_relu": "megatron.core.activations.squared_relu"}
+_ACT_TARGETS = ACTIVATIONS
 _MODEL_CLASSES = {  # (model class, config class) by family, for model.yaml's _target_ fields
     "llama": ("nemo.collections.llm.gpt.model.llama.LlamaModel", "nemo.collections.llm.gpt.model.llama.LlamaConfig"),
     "llama31": ("nemo.collections.llm.gpt.model.llama.LlamaModel", "nemo.collections.llm.gpt.model.llama.Llama31Config"),
@@ -141,7 +141,7 @@ def family_of(target: str) -> str:
 
 def _activation_name(value: Any) -> str:
     target = value.get("_target_", "") if isinstance(value, dict) else str(value or "")
-    for name in ("squared_relu", "silu", "gelu", "relu"):
+    for name in sorted(ACTIVATIONS, key=len, reverse=True):  # squared_relu before relu
         if target.endswith(name) or target.endswith("fast_" + name):
             return name
     raise ConfigError(f"context/model.yaml config.activation_func={value!r} is not supported")

@@ -16,27 +16,13 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 
 from nemo_minitron import mcore_compat
 from nemo_minitron.config.model import ModelConfig
 from nemo_minitron.logging import get_logger
+from nemo_minitron.models import names
 
 log = get_logger(__name__)
-
-
-def _activation(name: str):
-    if name == "silu":
-        return F.silu
-    if name == "gelu":
-        return F.gelu
-    if name == "relu":
-        return F.relu
-    if name == "squared_relu":
-        from megatron.core.activations import squared_relu
-
-        return squared_relu
-    raise ValueError(f"model.activation={name!r} is not supported")
 
 
 def resolve_dtype(cfg: ModelConfig) -> torch.dtype:
@@ -107,7 +93,7 @@ def build_transformer_config(cfg: ModelConfig, **overrides: Any) -> Any:
         kv_channels=cfg.head_dim,
         normalization=cfg.normalization,
         layernorm_epsilon=cfg.layernorm_epsilon,
-        activation_func=_activation(cfg.activation),
+        activation_func=names.activation_function(cfg.activation),
         gated_linear_unit=cfg.gated_linear_unit,
         add_bias_linear=cfg.add_bias_linear,
         add_qkv_bias=cfg.add_qkv_bias,

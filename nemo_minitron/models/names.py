@@ -28,6 +28,21 @@ LOCAL = "local"
 TRANSFORMER_ENGINE = "transformer_engine"
 SPECS = (LOCAL, TRANSFORMER_ENGINE)
 EXTRA_STATE = "_extra_state"
+
+#: ``model.activation`` names -> the function megatron-core applies (``module.function``); builder, config
+#: validation, the NeMo 2 context and the HF config translation read this table.
+ACTIVATIONS = {"silu": "torch.nn.functional.silu", "gelu": "torch.nn.functional.gelu",
+               "relu": "torch.nn.functional.relu", "squared_relu": "megatron.core.activations.squared_relu"}
+
+
+def activation_function(name: str):
+    """The callable behind ``model.activation=name`` (:data:`ACTIVATIONS`)."""
+    import importlib
+
+    if name not in ACTIVATIONS:
+        raise ValueError(f"model.activation={name!r} must be one of {list(ACTIVATIONS)}")
+    module, _, fn = ACTIVATIONS[name].rpartition(".")
+    return getattr(importlib.import_module(module), fn)
 LAYER_PREFIX = "decoder.layers."
 
 

@@ -1,7 +1,8 @@
-"""Forward-only loops for pruning: the calibration pass, masked LM loss, and layer-removal losses.
+"""Pruning's use of the forward engine: calibration samples, the calibration pass, masked LM loss, layer skips.
 
-All loops use megatron-core's pipeline schedule (forward_only), so they run at any TP/PP layout.
-Samples are split over data-parallel ranks; sums are all-reduced over DP.
+Both passes run on :mod:`nemo_minitron.models.forward` (megatron-core's pipeline schedule, forward
+only), so they work at any TP/PP layout. Samples are split over data-parallel ranks; sums are
+all-reduced over DP.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
-import torch.distributed as dist
 
 from nemo_minitron.logging import get_logger
 from nemo_minitron.models import forward as _forward
@@ -66,56 +66,34 @@ def load_tokens(source: str, num_samples: int, seq_length: int, seed: int, token
     return TokenBatch(data.tokens.long(), data.mask.bool())
 
 
-def _micro_batches(batch: TokenBatch, mbs: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Groups of equal-size micro-batches (a pipeline schedule call needs one micro-batch size)."""
-    full = len(batch) // mbs * mbs
-    groups = []
-    if full:
-        groups.append([(batch.tokens[i:i + mbs], batch.mask[i:i + mbs]) for i in range(0, full, mbs)])
-    if len(batch) > full:
-        groups.append([(batch.tokens[full:], batch.mask[full:])])
-    return groups
+def _micro_batches(batch: TokenBatch, mbs: int) -> list[dict]:
+    """Micro-batches of ``mbs`` windows (the last one may be smaller) with their validity mask."""
+    return [{"tokens": batch.tokens[i:i + mbs], "mask": batch.mask[i:i + mbs]} for i in range(0, len(batch), mbs)]
 
 
-def _run_schedule(model, micro: list, step, seq: int) -> list:
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    return get_forward_backward_func()(forward_step_func=step, data_iterator=iter(micro), model=model,
-                                       num_microbatches=len(micro), seq_length=seq,
-                                       micro_batch_size=micro[0][0].shape[0], forward_only=True)
-
-
-def _positions(tokens: torch.Tensor) -> torch.Tensor:
-    return torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
-
-
-@torch.no_grad()
 def run_forward(model, batch: TokenBatch, ctx, mbs: int, collector=None, progress: bool = True,
                 chunk: Optional[int] = None) -> float:
-    """Forward ``batch`` (this DP rank's share) through ``model``; feed ``collector`` the mask. Returns seconds."""
+    """Forward ``batch`` (this DP rank's share) through ``model``; feed ``collector`` the mask. Returns seconds.
+
+    Runs on the package's forward engine (:func:`nemo_minitron.models.forward.run_forward`), ``chunk``
+    micro-batches per schedule call (progress is reported between calls).
+    """
     from tqdm import tqdm
 
-    model.eval()
-    device = ctx.device
     shard = batch.dp_shard(ctx.dp_rank, ctx.dp_size)
     chunk = chunk or max(4, 2 * ctx.pp_size)
-    calls = []
-    for group in _micro_batches(shard, mbs):
-        calls.extend(group[i:i + chunk] for i in range(0, len(group), chunk))
+    micro = _micro_batches(shard, mbs)
 
-    def step(data_iter, module):
-        tok, msk = next(data_iter)
-        tok = tok.to(device)
+    def before_step(mb: dict) -> None:
         if collector is not None:
-            collector.mask = msk.to(device)
-        out = module(tok, _positions(tok), None)
-        return out, lambda o: (o.new_zeros(()), {})
+            collector.mask = mb["mask"]
 
     start = time.perf_counter()
     bar = tqdm(total=len(shard), desc="calibration", unit="sample", disable=not progress or ctx.rank != 0)
-    for micro in calls:
-        _run_schedule(model, micro, step, batch.tokens.shape[1])
-        bar.update(sum(m[0].shape[0] for m in micro))
+    for i in range(0, len(micro), chunk):
+        part = micro[i:i + chunk]
+        _forward.run_forward(model, part, "none", before_step=before_step)
+        bar.update(sum(m["tokens"].shape[0] for m in part))
     bar.close()
     elapsed = time.perf_counter() - start
     tokens = len(shard) * batch.tokens.shape[1]
@@ -124,38 +102,14 @@ def run_forward(model, batch: TokenBatch, ctx, mbs: int, collector=None, progres
     return elapsed
 
 
-@torch.no_grad()
 def eval_loss(model, batch: TokenBatch, ctx, mbs: int) -> float:
-    """Mean next-token cross-entropy over valid target positions (same value on every rank)."""
-    model.eval()
-    device = ctx.device
+    """Mean next-token cross-entropy over valid target positions (same value on every rank). Collective.
+
+    :func:`nemo_minitron.models.forward.lm_loss_sums` over this rank's share of the windows, summed over DP.
+    """
     shard = batch.dp_shard(ctx.dp_rank, ctx.dp_size)
-    total = torch.zeros(2, dtype=torch.float64, device=device)
-
-    def step(data_iter, module):
-        tok, msk = next(data_iter)
-        tok, msk = tok.to(device), msk.to(device)
-        inp, labels = tok[:, :-1].contiguous(), tok[:, 1:].contiguous()
-        lmask = (msk[:, 1:] & msk[:, :-1]).float()
-        out = module(inp, _positions(inp), None, labels=labels)
-
-        def loss_func(loss):
-            s = (loss.float() * lmask).sum()
-            return s, {"sum": s.double().detach(), "count": lmask.sum().double()}
-
-        return out, loss_func
-
-    for micro in _micro_batches(shard, mbs):
-        results = _run_schedule(model, micro, step, batch.tokens.shape[1] - 1)
-        if ctx.is_last_stage:
-            for r in results:
-                total += torch.stack([r["sum"], r["count"]]).to(device)
-    if ctx.pp_size > 1:
-        src = dist.get_process_group_ranks(ctx.pp_group)[-1]
-        dist.broadcast(total, src=src, group=ctx.pp_group)
-    if ctx.dp_size > 1:
-        dist.all_reduce(total, group=ctx.dp_group)
-    return float(total[0] / total[1].clamp_min(1.0))
+    micro = _forward.window_batches(shard.tokens, shard.mask, mbs)
+    return _forward.lm_loss_sums(model, micro, dp_group=ctx.dp_group if ctx.dp_size > 1 else None).loss
 
 
 @contextlib.contextmanager
@@ -174,5 +128,3 @@ def skip_layers(model, layers: Iterable[int]):
         for layer, fwd in saved:
             layer.forward = fwd
 
-
-perplexity = _forward.perplexity  # the package's one definition (nemo_minitron.models.forward)

@@ -7,7 +7,6 @@ NeMo layer numbers (1-indexed). :func:`shown` is the one place that converts.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +70,10 @@ def _dropped(n: int, kept: list[int]) -> list[int]:
 
 
 def _ppl(loss: Optional[float]) -> Optional[float]:
-    return None if loss is None else math.exp(min(loss, 700.0))
+    """:func:`nemo_minitron.models.forward.perplexity` of ``loss`` (None when no loss was measured)."""
+    from nemo_minitron.models.forward import perplexity
+
+    return None if loss is None else perplexity(loss)
 
 
 def build_report(r: PruneResult) -> dict[str, Any]:

@@ -12,12 +12,13 @@ from tests.workers.interop_common import TOKENS, make_hf_model
 
 def test_perplexity_definition_has_no_clamp():
     from nemo_minitron.models.forward import LossSums, perplexity
-    from nemo_minitron.prune.calibrate import perplexity as prune_perplexity
+    from nemo_minitron.prune.report import _ppl as report_perplexity
 
     assert perplexity(0.0) == 1.0
     assert perplexity(math.log(7.5)) == pytest.approx(7.5)
     assert perplexity(800.0) == math.inf  # overflow is infinite, not a clamped finite number
-    assert prune_perplexity(800.0) == math.inf  # pruning reports use the same definition
+    assert report_perplexity(800.0) == math.inf  # pruning reports use the same definition (was exp(min(l, 700)))
+    assert report_perplexity(None) is None
     assert math.isnan(perplexity(float("nan")))
     assert math.isnan(LossSums(0.0, 0.0).loss)
     assert LossSums(6.0, 3.0).to_dict() == {"loss": 2.0, "ppl": pytest.approx(math.exp(2.0)), "tokens": 3}
