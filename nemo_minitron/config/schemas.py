@@ -13,7 +13,12 @@ class ExportConfig:
     """Where a recipe writes its resulting checkpoint (``export.*`` of prune, distill and finetune)."""
 
     save_path: Optional[str] = None
-    """Output checkpoint directory, written atomically; required by prune, optional for training (null: no export)."""
+    """Output checkpoint, written atomically; required by prune, optional for training (null: no export).
+    A path ending in ``.nemo`` writes a NeMo 1 archive (as the NeMo pruning tutorial does)."""
+
+    format: str = "auto"
+    """auto (nemo for a save_path ending in .nemo, else megatron), megatron (a nemo_minitron checkpoint), nemo
+    (NeMo 1: a .nemo archive, or an extracted directory), nemo2 (a NeMo 2 checkpoint directory) or hf."""
 
     overwrite: bool = False
     """Replace an existing save_path; without it an existing output is refused."""

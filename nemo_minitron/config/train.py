@@ -110,6 +110,10 @@ class TrainModelConfig(LayoutConfig):
     kd_teacher_restore_from_path: Optional[str] = MISSING
     """Teacher checkpoint (nemo_minitron megatron checkpoint). Required for distillation, unused for finetuning."""
 
+    nemo_path: Optional[str] = None
+    """NeMo 1 tutorial key: write the trained student as this ``.nemo`` archive (the same as
+    ``export.save_path=<path>.nemo``; give one of the two)."""
+
     micro_batch_size: int = 1
     """Sequences per micro-batch per data-parallel rank."""
 
@@ -247,7 +251,7 @@ class TrainConfig:
     """Output directory, checkpoints and resume."""
 
     export: ExportConfig = field(default_factory=ExportConfig)
-    """Final student export (a plain nemo_minitron checkpoint; null save_path skips it)."""
+    """Final student export (export.format; null save_path skips it)."""
 
     def validate(self, world_size: int = 1) -> "TrainConfig":
         """Check cross-field rules before anything is built; raise :class:`ConfigError` naming the key."""
@@ -258,6 +262,11 @@ class TrainConfig:
             raise ConfigError("model.restore_from_path is required: the student checkpoint (its architecture is used)")
         if self.mode == "distill" and not given(m.kd_teacher_restore_from_path):
             raise ConfigError("mode=distill needs model.kd_teacher_restore_from_path (the teacher checkpoint)")
+        if given(m.nemo_path):  # the NeMo 1 spelling of the export path
+            if self.export.save_path and self.export.save_path != m.nemo_path:
+                raise ConfigError(f"model.nemo_path={m.nemo_path} and export.save_path={self.export.save_path} "
+                                  "both name the output; give one of them")
+            self.export.save_path = m.nemo_path
         for key, value in (("trainer.max_steps", t.max_steps), ("model.micro_batch_size", m.micro_batch_size),
                            ("model.global_batch_size", m.global_batch_size),
                            ("model.encoder_seq_length", m.encoder_seq_length)):

@@ -55,8 +55,9 @@ def convert(input_path: PathLike, input_format: str, output_path: PathLike, outp
         raise ConfigError(f"output_format={output_format!r} must be one of {list(OUTPUT_FORMATS)}")
     if transformer_impl not in TRANSFORMER_IMPLS:
         raise ConfigError(f"model.transformer_impl={transformer_impl!r} must be one of {list(TRANSFORMER_IMPLS)}")
+    archive = output_format == "nemo" and str(output_path).endswith(".nemo")  # a file, not a directory
     out = check_output_path(output_path, "output_path", overwrite=overwrite, inputs=(input_path, tokenizer_path),
-                            markers=(COMPLETE_MARKER,))
+                            markers=(COMPLETE_MARKER,), is_dir=not archive)
     if input_format == "megatron" and not is_checkpoint(input_path):
         raise FileNotFoundError(f"input_path={input_path} is not a complete nemo_minitron megatron checkpoint")
     _check_tokenizer_source(input_path, input_format, tokenizer_path)

@@ -29,16 +29,10 @@ import torch
 import torch.distributed as dist
 
 from nemo_minitron import runtime
-from nemo_minitron.atomic import check_output_path
-from nemo_minitron.checkpoint import (
-    COMPLETE_MARKER,
-    load_checkpoint,
-    load_model_config,
-    save_checkpoint,
-    tokenizer_path,
-)
+from nemo_minitron.checkpoint import load_checkpoint, load_model_config, tokenizer_path
 from nemo_minitron.config.model import ConfigError, ModelConfig, apply_layout
 from nemo_minitron.config.prune import MegatronPruneConfig, PruneConfig
+from nemo_minitron.interop.export import check_export_path, report_dir, save_result
 from nemo_minitron.logging import get_logger
 from nemo_minitron.models.builder import build_gpt_model
 from nemo_minitron.prune import calibrate as cal
@@ -186,8 +180,8 @@ def prepare(job: MegatronPruneConfig) -> Prepared:
     started = time.perf_counter()
     cfg = resolve_model_config(job)
     validate_targets(job.prune, cfg)
-    out = check_output_path(job.export.save_path, "export.save_path", overwrite=job.export.overwrite,
-                            inputs=(cfg.restore_from_path, job.model.restore_from_path), markers=(COMPLETE_MARKER,), exists_error=ConfigError)
+    out = check_export_path(job.export.save_path, job.export.format, overwrite=job.export.overwrite,
+                            inputs=(cfg.restore_from_path, job.model.restore_from_path))
     ctx = runtime.init_model_parallel(cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size, cfg.seed)
     return Prepared(job, cfg, ctx, out, started)
 
@@ -325,9 +319,9 @@ def apply_and_save(run: Prepared, s: Scored, d: Decision,
     summary = {"original": cfg.arch_dict(), "dropped_layers": [n + 1 for n in d.dropped_layers],
                "val_loss_before": s.loss_before, "val_loss_after": loss_after}
     add_files = None if extras is None else (lambda tmp: extras(tmp, new_cfg, loss_after, sharded))
-    save_checkpoint(pruned, new_cfg.replace(name=f"{cfg.name}-pruned"), run.out, overwrite=run.job.export.overwrite,
-                    tokenizer_dir=tokenizer_path(cfg.restore_from_path), extra_metadata={"pruning": summary},
-                    before_publish=add_files)
+    save_result(pruned, new_cfg.replace(name=f"{cfg.name}-pruned"), run.out, run.job.export.format,
+                overwrite=run.job.export.overwrite, tokenizer_dir=tokenizer_path(cfg.restore_from_path),
+                extra_metadata={"pruning": summary}, add_files=add_files)
     return new_cfg, loss_after, sharded
 
 
@@ -344,7 +338,7 @@ def log_summary(run: Prepared, result: PruneResult, report: dict[str, Any]) -> N
     """The one-line summary of a finished pruning job."""
     log.info("pruned %s: %d → %d parameters; val loss %s → %s; report %s", run.cfg.name,
              report["params"]["original"]["num_parameters"], report["params"]["pruned"]["num_parameters"],
-             result.loss_before, result.loss_after, run.out / REPORT_FILE)
+             result.loss_before, result.loss_after, report_dir(run.out, run.job.export.format) / REPORT_FILE)
 
 
 def run_prune(job: MegatronPruneConfig) -> dict[str, Any]:

@@ -90,17 +90,11 @@ def run(cfg: TrainConfig, run_dir: Optional[str | Path] = None, data=None) -> Ru
     import torch.distributed as dist
 
     from nemo_minitron import runtime
-    from nemo_minitron.atomic import check_output_path
-    from nemo_minitron.checkpoint import (
-        COMPLETE_MARKER,
-        load_checkpoint,
-        load_model_config,
-        save_checkpoint,
-        tokenizer_path,
-    )
+    from nemo_minitron.checkpoint import load_checkpoint, load_model_config, tokenizer_path
     from nemo_minitron.distill.objective import build_loss
     from nemo_minitron.distill.teacher import check_same_tokenizer, load_teacher
     from nemo_minitron.interop.convert import resolve_checkpoint
+    from nemo_minitron.interop.export import check_export_path, save_result
     from nemo_minitron.models.builder import build_gpt_model
     from nemo_minitron.train.trainer import Trainer
 
@@ -111,9 +105,8 @@ def run(cfg: TrainConfig, run_dir: Optional[str | Path] = None, data=None) -> Ru
             setattr(m, key, str(resolve_checkpoint(getattr(m, key), key=f"model.{key}")))
     cfg.validate(dist.get_world_size())
     if cfg.export.save_path:  # refuse before training, not after it
-        check_output_path(cfg.export.save_path, "export.save_path", overwrite=cfg.export.overwrite,
-                          inputs=(m.restore_from_path, m.kd_teacher_restore_from_path), markers=(COMPLETE_MARKER,),
-                          exists_error=ConfigError)
+        check_export_path(cfg.export.save_path, cfg.export.format, overwrite=cfg.export.overwrite,
+                          inputs=(m.restore_from_path, m.kd_teacher_restore_from_path))
     ctx = runtime.init_model_parallel(m.tensor_model_parallel_size, m.pipeline_model_parallel_size, seed=m.seed)
     run_dir = Path(run_dir) if run_dir is not None else resolve_run_dir(cfg)
     restore = m.restore_from_path if given(m.restore_from_path) else None
@@ -143,10 +136,10 @@ def run(cfg: TrainConfig, run_dir: Optional[str | Path] = None, data=None) -> Ru
     export = None
     if status == "completed" and cfg.export.save_path:
         trainer.sync_params()
-        export = str(save_checkpoint(student, student_cfg, cfg.export.save_path, overwrite=cfg.export.overwrite,
-                                     tokenizer_dir=tok_dir,
-                                     extra_metadata={"trained_by": cfg.mode, "train_steps": trainer.step,
-                                                     "teacher": teacher_path}))
+        export = str(save_result(student, student_cfg, cfg.export.save_path, cfg.export.format,
+                                 overwrite=cfg.export.overwrite, tokenizer_dir=tok_dir,
+                                 extra_metadata={"trained_by": cfg.mode, "train_steps": trainer.step,
+                                                 "teacher": teacher_path}))
     trainer.close()
     return RunResult(status=status, step=trainer.step, run_dir=str(run_dir), export_path=export,
                      final_loss=trainer.history[-1]["loss"] if trainer.history else None,

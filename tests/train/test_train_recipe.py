@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 
 import pytest
 import torch
@@ -197,11 +198,12 @@ def test_launch_scripts_with_nemo_keys(setup):
               "model.optim.sched.min_lr=1e-4", "model.optim.sched.warmup_steps=1", f"hydra.run.dir={root}/hydra"]
     cmd = [sys.executable, str(REPO / "examples" / "megatron_distill.py"), f"model.restore_from_path={root}/student",
            f"model.kd_teacher_restore_from_path={root}/teacher", "trainer.max_steps=2", "kd.temperature=2.0",
-           f"export.save_path={root}/cli_kd", f"exp_manager.explicit_log_dir={root}/cli_run", *common]
+           f"model.nemo_path={root}/cli_kd.nemo", f"exp_manager.explicit_log_dir={root}/cli_run", *common]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "completed at step 2" in p.stdout and "validation loss" in p.stdout
-    cmd = [sys.executable, str(REPO / "examples" / "megatron_finetune.py"), f"model.restore_from_path={root}/cli_kd",
+    assert tarfile.is_tarfile(root / "cli_kd.nemo")  # the NeMo 1 tutorial's output key and format
+    cmd = [sys.executable, str(REPO / "examples" / "megatron_finetune.py"), f"model.restore_from_path={root}/cli_kd.nemo",
            "trainer.max_steps=1", f"export.save_path={root}/cli_ft", *common]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
