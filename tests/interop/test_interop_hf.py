@@ -174,6 +174,9 @@ def test_tp2_import_and_logits(tmp_path):
         assert r["tp2_vs_hf"] < TOL, r
         assert r["pp2_vs_hf"] is None or r["pp2_vs_hf"] < TOL, r
         assert r["roundtrip_vs_hf"] == 0.0, r
+        # export_hf builds only this rank's shard (it used to load the full model on every rank)
+        assert len(r["export_params_per_rank"]) == 2, r
+        assert all(n < 0.8 * r["hf_params"] for n in r["export_params_per_rank"]), r
 
 
 def test_bf16_source_roundtrips_bitwise(world, tmp_path):
