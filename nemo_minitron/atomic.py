@@ -23,11 +23,11 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional
 
 import torch.distributed as dist
 
-PathLike = Union[str, os.PathLike]
+from nemo_minitron.paths import PathLike
 
 TEMP_TAGS = ("incomplete", "old", "nemo2-extract", "tmp")
 """Tags of the hidden temporary siblings ``.<name>.<tag>-<pid>...`` our writers create."""
