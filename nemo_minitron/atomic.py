@@ -164,6 +164,30 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
+def atomic_file(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of the file ``path``; it replaces ``path`` when the ``with`` block succeeds.
+
+    On an exception the temporary file is removed and ``path`` is left untouched (one process).
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(final)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, final)
+
+
+def write_text_atomic(path: PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_file`; returns the path."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+@contextlib.contextmanager
 def atomic_dir(path: PathLike, overwrite: bool = False, exists_error: type = FileExistsError,
                markers: Iterable[str] = (), key: str = "output_path") -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` when the ``with`` block succeeds (one process).

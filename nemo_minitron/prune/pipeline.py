@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from nemo_minitron import runtime
-from nemo_minitron.atomic import check_output_path
+from nemo_minitron.atomic import check_output_path, is_rank0
 from nemo_minitron.checkpoint import (
     COMPLETE_MARKER,
     load_checkpoint,
@@ -322,7 +322,7 @@ def apply_and_save(run: Prepared, s: Scored, d: Decision) -> tuple[ModelConfig, 
 def write_report(run: Prepared, result: PruneResult) -> dict[str, Any]:
     """Rank 0 writes ``pruning_report.json`` (and the plot); returns the report on every rank."""
     report = build_report(result)
-    if dist.get_rank() == 0:
+    if is_rank0():
         write_json_atomic(run.out / REPORT_FILE, report)
         if run.p.plot and result.scores is not None:
             plot_layers(run.out / PLOT_FILE, result.scores, result.dropped_layers)
