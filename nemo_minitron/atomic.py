@@ -27,14 +27,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 
 from nemo_minitron import termination
-
-PathLike = Union[str, os.PathLike]
+from nemo_minitron.paths import PathLike
 
 TEMP_TAGS = ("incomplete", "old", "nemo2-extract", "tmp")
 """Tags of the hidden temporary siblings ``.<name>.<tag>-<pid>...`` our writers create."""
@@ -187,6 +186,30 @@ def replace_dir(tmp: Path, final: Path) -> None:
         if backup is not None:
             shutil.rmtree(backup, ignore_errors=True) if backup.is_dir() else backup.unlink()
     termination.check()
+
+
+@contextlib.contextmanager
+def atomic_file(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of the file ``path``; it replaces ``path`` when the ``with`` block succeeds.
+
+    On an exception the temporary file is removed and ``path`` is left untouched (one process).
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(final)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, final)
+
+
+def write_text_atomic(path: PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_file`; returns the path."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 @contextlib.contextmanager

@@ -14,13 +14,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 from nemo_minitron.logging import get_logger
+from nemo_minitron.paths import PathLike
 
 log = get_logger(__name__)
 
-PathLike = Union[str, os.PathLike]
 
 
 def cache_root(cache_dir: Optional[PathLike] = None) -> Path:

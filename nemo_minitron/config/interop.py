@@ -78,9 +78,10 @@ class ConvertConfig:
             raise ConfigError(f"input_format={self.input_format!r} must be one of {list(INPUT_FORMATS)}")
         if self.output_format not in OUTPUT_FORMATS:
             raise ConfigError(f"output_format={self.output_format!r} must be one of {list(OUTPUT_FORMATS)}")
+        from nemo_minitron.config.checks import positive_int
+
         for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
-            if getattr(self.model, key) < 1:
-                raise ConfigError(f"model.{key}={getattr(self.model, key)} must be a positive integer")
+            positive_int(f"model.{key}", getattr(self.model, key))
         if self.model.precision not in PRECISIONS:
             raise ConfigError(f"model.precision={self.model.precision!r} must be one of {list(PRECISIONS)}")
         if self.model.transformer_impl not in TRANSFORMER_IMPLS:

@@ -169,11 +169,11 @@ class ModelConfig:
         def fail(msg: str) -> None:
             raise ConfigError(msg)
 
+        from nemo_minitron.config.checks import layout_problems, positive_int
+
         for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "vocab_size",
                     "max_position_embeddings", "tensor_model_parallel_size", "pipeline_model_parallel_size"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                fail(f"{prefix}.{key}={v!r} must be a positive integer")
+            positive_int(f"{prefix}.{key}", getattr(self, key))
         if self.normalization not in NORMALIZATIONS:
             fail(f"{prefix}.normalization={self.normalization!r} must be one of {list(NORMALIZATIONS)}")
         if self.activation not in ACTIVATIONS:
@@ -204,17 +204,10 @@ class ModelConfig:
             fail(f"{prefix}.kv_channels={self.kv_channels} must be positive")
         if self.layernorm_epsilon <= 0:
             fail(f"{prefix}.layernorm_epsilon={self.layernorm_epsilon} must be positive")
-        tp, pp = self.tensor_model_parallel_size, self.pipeline_model_parallel_size
-        for key in ("num_attention_heads", "ffn_hidden_size", "vocab_size"):
-            v = getattr(self, key)
-            if v % tp:
-                fail(f"{prefix}.{key}={v} is not divisible by {prefix}.tensor_model_parallel_size={tp}")
-        if self.query_groups % tp:
-            fail(f"{prefix}.num_query_groups={self.query_groups} is not divisible by "
-                 f"{prefix}.tensor_model_parallel_size={tp}")
-        if self.num_layers % pp:
-            fail(f"{prefix}.num_layers={self.num_layers} is not divisible by "
-                 f"{prefix}.pipeline_model_parallel_size={pp}")
+        problems = layout_problems(self, self.tensor_model_parallel_size, self.pipeline_model_parallel_size,
+                                   prefix, prefix)
+        if problems:
+            fail(problems[0])
         return self
 
     # ------------------------------------------------------------------ (de)serialisation

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Optional
 
 from omegaconf import MISSING
 
+from nemo_minitron.config.checks import positive_int
 from nemo_minitron.config.data import DataConfig
 from nemo_minitron.config.model import ConfigError, LayoutConfig, ModelConfig, apply_layout, arch_fields
 from nemo_minitron.config.schemas import ExportConfig
@@ -270,8 +271,7 @@ class TrainConfig:
         for key, value in (("trainer.max_steps", t.max_steps), ("model.micro_batch_size", m.micro_batch_size),
                            ("model.global_batch_size", m.global_batch_size),
                            ("model.encoder_seq_length", m.encoder_seq_length)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key}={value!r} must be a positive integer")
+            positive_int(key, value)
         mp = m.tensor_model_parallel_size * m.pipeline_model_parallel_size
         if world_size % mp:
             raise ConfigError(

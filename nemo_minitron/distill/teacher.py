@@ -13,6 +13,7 @@ import os
 import torch
 
 from nemo_minitron.checkpoint import CheckpointError, load_checkpoint, load_model_config
+from nemo_minitron.config.checks import layout_problems
 from nemo_minitron.config.model import RUNTIME_FIELDS, ConfigError, ModelConfig
 from nemo_minitron.logging import get_logger
 
@@ -36,22 +37,10 @@ def check_teacher_compatible(student: ModelConfig, teacher: ModelConfig, seq_len
             "(model.kd_teacher_restore_from_path vs model.restore_from_path): teacher and student must share "
             "the tokenizer/vocabulary"
         )
-    pp = student.pipeline_model_parallel_size
-    if teacher.num_layers % pp:
-        raise ConfigError(
-            f"teacher num_layers={teacher.num_layers} is not divisible by model.pipeline_model_parallel_size={pp}: "
-            "the teacher is split over the same pipeline stages as the student"
-        )
-    tp = student.tensor_model_parallel_size
-    for key in ("num_attention_heads", "ffn_hidden_size"):
-        if getattr(teacher, key) % tp:
-            raise ConfigError(
-                f"teacher {key}={getattr(teacher, key)} is not divisible by model.tensor_model_parallel_size={tp}"
-            )
-    if teacher.query_groups % tp:
-        raise ConfigError(
-            f"teacher num_query_groups={teacher.query_groups} is not divisible by model.tensor_model_parallel_size={tp}"
-        )
+    problems = layout_problems(teacher, student.tensor_model_parallel_size, student.pipeline_model_parallel_size,
+                               prefix="teacher")
+    if problems:
+        raise ConfigError(f"{problems[0]}: the teacher is split over the same TP x PP layout as the student")
     if seq_length is not None and seq_length > teacher.max_position_embeddings:
         raise ConfigError(
             f"model.encoder_seq_length={seq_length} exceeds the teacher's max_position_embeddings="

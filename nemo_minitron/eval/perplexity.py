@@ -9,19 +9,18 @@ are split over data-parallel replicas, and scored by the forward engine
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 
 from nemo_minitron.config.model import ConfigError
 from nemo_minitron.logging import get_logger
 from nemo_minitron.models.forward import LossSums, lm_loss_sums, window_batches
+from nemo_minitron.paths import PathLike
 
 log = get_logger(__name__)
 
-PathLike = Union[str, os.PathLike]
 
 
 def detect_format(path: PathLike) -> str:

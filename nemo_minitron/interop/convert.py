@@ -8,7 +8,6 @@ so the peak memory stays near one copy of the model.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Optional, Union
@@ -16,10 +15,10 @@ from typing import Optional, Union
 from nemo_minitron.atomic import barrier, check_output_path, clean_stale_temps, is_rank0
 from nemo_minitron.config.model import ConfigError
 from nemo_minitron.logging import get_logger
+from nemo_minitron.paths import PathLike
 
 log = get_logger(__name__)
 
-PathLike = Union[str, os.PathLike]
 #: ``nemo``: a NeMo 1 ``.nemo`` archive or its extracted directory; ``nemo2``: a NeMo 2 checkpoint directory
 INPUT_FORMATS = ("hf", "gguf", "nemo2", "nemo", "megatron")
 OUTPUT_FORMATS = ("hf", "nemo2", "nemo", "megatron")

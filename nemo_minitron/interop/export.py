@@ -13,12 +13,11 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional
 
 from nemo_minitron.atomic import barrier, check_output_path, clean_stale_temps, is_rank0
 from nemo_minitron.config.model import ConfigError
-
-PathLike = Union[str, os.PathLike]
+from nemo_minitron.paths import PathLike
 
 #: ``export.format`` values; ``auto`` is ``nemo`` for a save_path ending in ``.nemo``, else ``megatron``.
 EXPORT_FORMATS = ("auto", "megatron", "nemo", "nemo2", "hf")

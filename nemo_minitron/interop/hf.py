@@ -26,10 +26,10 @@ import torch
 from nemo_minitron.atomic import barrier, is_rank0
 from nemo_minitron.config.model import ConfigError, ModelConfig
 from nemo_minitron.logging import get_logger
+from nemo_minitron.paths import PathLike
 
 log = get_logger(__name__)
 
-PathLike = Union[str, os.PathLike]
 
 #: model_type → transformers architecture class name.
 ARCHITECTURES = {

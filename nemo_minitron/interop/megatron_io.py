@@ -48,8 +48,9 @@ class UnmatchedTensorsError(KeyError):
 def _tqdm(iterable, **kwargs):
     from tqdm.auto import tqdm
 
-    rank0 = not dist.is_initialized() or dist.get_rank() == 0
-    return tqdm(iterable, disable=not rank0 or os.environ.get("NEMO_MINITRON_NO_PROGRESS") == "1", **kwargs)
+    from nemo_minitron.atomic import is_rank0
+
+    return tqdm(iterable, disable=not is_rank0() or os.environ.get("NEMO_MINITRON_NO_PROGRESS") == "1", **kwargs)
 
 
 def conversion_layout(tp: int, pp: int) -> tuple[int, int]:
@@ -279,7 +280,9 @@ def iter_hf_tensors_sharded(model: torch.nn.Module, cfg: ModelConfig, dtype: Opt
         owner = {g: s for s, layers in enumerate(stages) for g in layers}
         pp_ranks = dist.get_process_group_ranks(pp_group)
     head = pp_rank == 0 and tp_rank == 0  # receives its replica's tensors; global rank 0 also writes
-    writer = dist.get_rank() == 0 if dist.is_initialized() else True
+    from nemo_minitron.atomic import is_rank0
+
+    writer = is_rank0()
     dtype_of = next(iter(params.values())).dtype
     for rule in _tqdm(model_rules(cfg), desc="export tensors", unit="tensor"):
         split = names.split_layer_key(rule.mcore)

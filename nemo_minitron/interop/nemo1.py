@@ -20,17 +20,17 @@ import os
 import shutil
 import tarfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import yaml
 
 from nemo_minitron.atomic import barrier, broadcast_from_rank0, collective_atomic_dir, is_rank0
 from nemo_minitron.config.model import ConfigError, ModelConfig
 from nemo_minitron.logging import get_logger
+from nemo_minitron.paths import PathLike
 
 log = get_logger(__name__)
 
-PathLike = Union[str, os.PathLike]
 PREFIX = "model."
 CONFIG_FILE = "model_config.yaml"
 WEIGHTS_DIR = "model_weights"

@@ -26,7 +26,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import yaml
 
@@ -41,10 +41,10 @@ from nemo_minitron.atomic import (
 from nemo_minitron.config.model import ConfigError, ModelConfig
 from nemo_minitron.logging import get_logger
 from nemo_minitron.models.names import ACTIVATIONS
+from nemo_minitron.paths import PathLike
 
 log = get_logger(__name__)
 
-PathLike = Union[str, os.PathLike]
 PREFIX = "module."
 _ACT_TARGETS = ACTIVATIONS
 _MODEL_CLASSES = {  # (model class, config class) by family, for model.yaml's _target_ fields

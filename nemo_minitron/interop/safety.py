@@ -13,11 +13,9 @@ import os
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Union
 
 from nemo_minitron.atomic import atomic_dir
-
-PathLike = Union[str, os.PathLike]
+from nemo_minitron.paths import PathLike
 
 
 class UnsafeArchiveError(RuntimeError):

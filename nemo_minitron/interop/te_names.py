@@ -12,16 +12,14 @@ any checkpoint tensor is left unused: a norm is never silently left at its initi
 
 from __future__ import annotations
 
-import os
-from typing import Iterable, Union
+from typing import Iterable
 
 import torch
 
 from nemo_minitron.checkpoint import UnmatchedKeysError, _mismatch, stored_tensor_keys
 from nemo_minitron.checkpoint import load_weights as _load_weights
 from nemo_minitron.models import names
-
-PathLike = Union[str, os.PathLike]
+from nemo_minitron.paths import PathLike
 
 #: fused (TE) suffix -> unfused (local) suffix, inside ``decoder.layers.[i.]``.
 FUSED_TO_LOCAL = {t.te: t.local for t in names.LAYER_TENSORS if t.te != t.local}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from nemo_minitron.config.checks import shards_evenly
 from nemo_minitron.config.model import ModelConfig
 from nemo_minitron.models.params import count_parameters
 
@@ -194,12 +195,6 @@ def largest_layer_tensor(cfg: ModelConfig) -> int:
     qkv = (cfg.num_attention_heads + 2 * cfg.query_groups) * cfg.head_dim * cfg.hidden_size
     fc1 = (2 if cfg.gated_linear_unit else 1) * cfg.ffn_hidden_size * cfg.hidden_size
     return max(qkv, fc1, cfg.ffn_hidden_size * cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim * cfg.hidden_size)
-
-
-def shards_evenly(cfg: ModelConfig, tp: int, pp: int) -> bool:
-    """Whether ``cfg``'s layers, MLP neurons, heads and KV groups divide over ``tp`` x ``pp``."""
-    return (cfg.num_layers % pp == 0 and cfg.ffn_hidden_size % tp == 0 and cfg.num_attention_heads % tp == 0
-            and cfg.query_groups % tp == 0)
 
 
 def prune_memory(cfg: ModelConfig, pruned: ModelConfig, lay: Layout, overhead_bytes: float = 0.0) -> PruneMemory:

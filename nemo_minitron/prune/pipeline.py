@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from nemo_minitron import runtime
 from nemo_minitron.checkpoint import load_checkpoint, load_model_config, tokenizer_path
+from nemo_minitron.config.checks import shards_evenly
 from nemo_minitron.config.model import ConfigError, ModelConfig, apply_layout
 from nemo_minitron.config.prune import MegatronPruneConfig, PruneConfig
 from nemo_minitron.interop.export import check_export_path, report_dir, save_result
@@ -137,11 +138,6 @@ def _spread(items: list, fn: Callable[[Any], Any], ctx, desc: str = "") -> list:
         dist.all_gather_object(gathered, mine, group=ctx.dp_group)
         mine = {i: v for g in gathered for i, v in g.items()}
     return [mine[i] for i in range(len(items))]
-
-
-def _fits_layout(cfg: ModelConfig, tp: int, pp: int) -> bool:
-    return (cfg.num_layers % pp == 0 and cfg.ffn_hidden_size % tp == 0 and cfg.num_attention_heads % tp == 0
-            and cfg.query_groups % tp == 0)
 
 
 def build_pruned_sharded(model: torch.nn.Module, cfg: ModelConfig, plan: PrunePlan, ctx) -> tuple[torch.nn.Module,
@@ -304,7 +300,7 @@ def apply_and_save(run: Prepared, s: Scored, d: Decision,
     """
     cfg, ctx = run.cfg, run.ctx
     new_cfg = pruned_config(cfg, d.plan)
-    sharded = _fits_layout(new_cfg, ctx.tp_size, ctx.pp_size)
+    sharded = shards_evenly(new_cfg, ctx.tp_size, ctx.pp_size)
     if sharded:
         pruned, new_cfg = build_pruned_sharded(s.model, cfg, d.plan, ctx)
         s.model = None  # the original shard is no longer needed

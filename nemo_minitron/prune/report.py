@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import torch
 
+from nemo_minitron.atomic import atomic_file, write_text_atomic
 from nemo_minitron.logging import get_logger
 
 log = get_logger(__name__)
@@ -133,11 +134,7 @@ def _plain(obj: Any) -> Any:
 
 def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     """Write ``data`` as JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_plain(data), indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(_plain(data), indent=2))
 
 
 def scores_section(scores) -> dict[str, Any]:
@@ -188,8 +185,7 @@ def plot_layers(path: str | os.PathLike, scores, dropped: list[int]) -> Path | N
     axes[-1][0].set_xlabel("layer (1-indexed)")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -42,12 +42,10 @@ def candidate_job(job: MegatronPruneConfig, cand: dict, save_path: Path) -> Mega
 
 def _write_json(path: Path, obj) -> None:
     """Rank 0 writes ``obj`` atomically (temporary sibling, then rename)."""
-    from nemo_minitron.atomic import barrier, is_rank0, temp_sibling
+    from nemo_minitron.atomic import barrier, is_rank0, write_text_atomic
 
     if is_rank0():
-        tmp = temp_sibling(path)
-        tmp.write_text(json.dumps(obj, indent=2))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(obj, indent=2))
     barrier()
 
 

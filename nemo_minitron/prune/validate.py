@@ -6,6 +6,7 @@ requested layout only.
 
 from __future__ import annotations
 
+from nemo_minitron.config.checks import positive_int
 from nemo_minitron.config.model import ConfigError, ModelConfig
 from nemo_minitron.config.prune import PruneConfig
 from nemo_minitron.models.params import count_parameters
@@ -16,9 +17,7 @@ WIDTH_TARGETS = ("ffn_hidden_size", "num_attention_heads", "num_query_groups", "
 
 
 def _positive_int(key: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"prune.{key}={value!r} must be a positive integer")
-    return value
+    return positive_int(f"prune.{key}", value)
 
 
 def validate_targets(p: PruneConfig, model: ModelConfig) -> None:

@@ -134,3 +134,18 @@ def test_distill_export_needs_overwrite(tmp_path):
     with pytest.raises(ConfigError, match="export.save_path.*overwrite=true"):
         check_output_path(str(out), "export.save_path", exists_error=ConfigError)
     Path(out).joinpath("x").write_text("y")
+
+
+def test_atomic_file_replaces_on_success_and_leaves_the_original_on_failure(tmp_path):
+    from nemo_minitron.atomic import atomic_file, write_text_atomic
+
+    target = tmp_path / "out" / "report.json"
+    assert write_text_atomic(target, "one") == target and target.read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "one"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["report.json"]  # no temporary left behind
+    write_text_atomic(target, "two")
+    assert target.read_text() == "two"
