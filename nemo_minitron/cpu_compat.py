@@ -18,6 +18,7 @@ our launchers); call :func:`activate` again from any other thread that runs mega
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -69,13 +70,29 @@ class CudaToCpuMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _alias(target: Any) -> Any:
+    """``target`` itself for a class, a distinct wrapper for a function.
+
+    torch.compile keeps one handler per function object and refuses ``torch.cuda.synchronize`` being
+    ``torch.cpu.synchronize`` itself ("Handler already registered").
+    """
+    if isinstance(target, type):
+        return target
+
+    @functools.wraps(target)
+    def alias(*args, **kwargs):
+        return target(*args, **kwargs)
+
+    return alias
+
+
 def _install_cuda_aliases() -> None:
     global _aliases_installed
     if _aliases_installed:
         return
     for name in ("current_device", "synchronize", "current_stream", "Stream", "stream", "Event"):
         if hasattr(torch.cpu, name):
-            setattr(torch.cuda, name, getattr(torch.cpu, name))
+            setattr(torch.cuda, name, _alias(getattr(torch.cpu, name)))
     _aliases_installed = True
 
 

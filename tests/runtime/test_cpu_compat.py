@@ -26,6 +26,16 @@ def test_redirects_cuda_requests():
     torch.cuda.synchronize()
 
 
+def test_compiled_megatron_activation_runs_under_the_layer():
+    """megatron's squared_relu is torch.compile'd; dynamo refused the CUDA aliases when they were the CPU functions
+    themselves ("Handler already registered for synchronize")."""
+    from megatron.core.activations import squared_relu
+
+    assert cpu_compat.activate()
+    x = torch.linspace(-2, 2, 9)
+    torch.testing.assert_close(squared_relu(x), torch.relu(x) ** 2)
+
+
 def test_thread_local_and_deactivate():
     cpu_compat.activate()
     seen = {}
