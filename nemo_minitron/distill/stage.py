@@ -72,7 +72,7 @@ def capture(model: torch.nn.Module, name: str, role: str, model_cfg, hooks: list
     """
     from megatron.core.transformer.identity_op import IdentityOp
 
-    from nemo_minitron.prune.hooks import _norm_output
+    from nemo_minitron.models.names import fused_norm_output
 
     module = resolve_module(model, name, role)
     cap = _Capture()
@@ -90,7 +90,7 @@ def capture(model: torch.nn.Module, name: str, role: str, model_cfg, hooks: list
     norm, eps = model_cfg.normalization, model_cfg.layernorm_epsilon
 
     def pre_hook(m, args):
-        cap.value = _norm_output(m, args[0], norm, eps)
+        cap.value = fused_norm_output(m, args[0], norm, eps)
 
     hooks.append(fused.register_forward_pre_hook(pre_hook))
     return cap

@@ -25,19 +25,15 @@ import torch
 
 from nemo_minitron.atomic import barrier, is_rank0
 from nemo_minitron.config.model import ConfigError, ModelConfig
+from nemo_minitron.interop.hf_families import FAMILIES, family, infer_model_type  # noqa: F401 (re-exported)
 from nemo_minitron.logging import get_logger
 from nemo_minitron.paths import PathLike
 
 log = get_logger(__name__)
 
 
-#: model_type → transformers architecture class name.
-ARCHITECTURES = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-}
+#: model_type → transformers architecture class name (one adapter per family: :mod:`.hf_families`).
+ARCHITECTURES = {t: f.architecture for t, f in FAMILIES.items()}
 #: Files copied through as "the tokenizer" (whatever of them exists).
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
@@ -64,8 +60,7 @@ def model_config_from_hf(hf: Any) -> tuple[ModelConfig, dict[str, Any]]:
     special token ids). Unsupported features raise :class:`ConfigError` naming the config key.
     """
     model_type = _get(hf, "model_type")
-    if model_type not in ARCHITECTURES:
-        raise ConfigError(f"config.json model_type={model_type!r} is not supported; supported: {sorted(ARCHITECTURES)}")
+    fam = family(model_type)
     hidden, heads = _get(hf, "hidden_size"), _get(hf, "num_attention_heads")
     groups = _get(hf, "num_key_value_heads") or heads
     head_dim = _get(hf, "head_dim") or hidden // heads
@@ -87,23 +82,10 @@ def model_config_from_hf(hf: Any) -> tuple[ModelConfig, dict[str, Any]]:
                     raise ConfigError(f"config.json rope_scaling.{key}={scaling.get(key)} is not supported "
                                       f"(megatron-core implements {key}={want})")
             rope_scaling, factor = True, float(scaling["factor"])
-    add_qkv_bias = add_bias_linear = False
-    if model_type == "qwen2":
-        add_qkv_bias = True
-    elif _get(hf, "attention_bias", False):
-        if model_type in ("llama",) and _get(hf, "mlp_bias", False):
-            add_bias_linear = True
-        else:
-            raise ConfigError(f"config.json attention_bias=true (with mlp_bias={_get(hf, 'mlp_bias', False)}) "
-                              f"is not supported for model_type={model_type}")
+    add_qkv_bias, add_bias_linear = fam.biases(hf)
     if _get(hf, "mlp_bias", False) and not add_bias_linear:
         raise ConfigError("config.json mlp_bias=true without attention_bias=true is not supported")
-    if model_type == "qwen2" and _get(hf, "use_sliding_window", False):
-        raise ConfigError("config.json use_sliding_window=true is not supported (megatron uses full attention)")
-    window = _get(hf, "sliding_window")
-    if model_type == "mistral" and window:
-        log.warning("config.json sliding_window=%s is ignored: the megatron model attends to the full context "
-                    "(identical results only for sequences up to %s tokens)", window, window)
+    fam.check_import(hf)
     name = os.path.basename(str(_get(hf, "_name_or_path", "") or "").rstrip("/")) or model_type
     cfg = ModelConfig(
         name=name,
@@ -128,7 +110,7 @@ def model_config_from_hf(hf: Any) -> tuple[ModelConfig, dict[str, Any]]:
         share_embeddings_and_output_weights=bool(_get(hf, "tie_word_embeddings", False)),
         add_qkv_bias=add_qkv_bias,
         add_bias_linear=add_bias_linear,
-        qk_layernorm=model_type == "qwen3",
+        qk_layernorm=fam.qk_layernorm,
     )
     dtype = _get(hf, "dtype") or _get(hf, "torch_dtype")
     info = {
@@ -137,15 +119,6 @@ def model_config_from_hf(hf: Any) -> tuple[ModelConfig, dict[str, Any]]:
         **{k: _get(hf, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")},
     }
     return cfg.validate(), info
-
-
-def infer_model_type(cfg: ModelConfig) -> str:
-    """The Hugging Face model_type that can represent ``cfg``: qwen3 (qk-norm), qwen2 (QKV bias) or llama."""
-    if cfg.qk_layernorm:
-        return "qwen3"
-    if cfg.add_qkv_bias and not cfg.add_bias_linear:
-        return "qwen2"
-    return "llama"
 
 
 def hf_config_from_model_config(cfg: ModelConfig, model_type: Optional[str] = None, dtype: str = "float32",
@@ -162,8 +135,7 @@ def hf_config_from_model_config(cfg: ModelConfig, model_type: Optional[str] = No
                     "model_type=mistral (same network; transformers' LlamaConfig refuses this shape)",
                     cfg.hidden_size, cfg.num_attention_heads)
         model_type = "mistral"
-    if model_type not in ARCHITECTURES:
-        raise ConfigError(f"hf_model_type={model_type!r} must be one of {sorted(ARCHITECTURES)}")
+    fam = family(model_type, "hf_model_type")
 
     def need(cond: bool, msg: str) -> None:
         if not cond:
@@ -174,14 +146,11 @@ def hf_config_from_model_config(cfg: ModelConfig, model_type: Optional[str] = No
     need(cfg.activation in _HF_ACT, f"model.activation={cfg.activation}")
     need(cfg.position_embedding_type == "rope", f"model.position_embedding_type={cfg.position_embedding_type}")
     need(cfg.rotary_percent == 1.0, f"model.rotary_percent={cfg.rotary_percent} (only 1.0)")
-    need(cfg.qk_layernorm == (model_type == "qwen3"), f"model.qk_layernorm={cfg.qk_layernorm} (qk-norm ⇔ qwen3)")
-    need(not cfg.rope_scaling or model_type in ("llama", "mistral"), "model.rope_scaling=true needs llama/mistral")
-    if model_type == "qwen2":
-        need(cfg.add_qkv_bias and not cfg.add_bias_linear, "Qwen2 has a QKV bias and no other linear bias")
-    elif model_type == "llama":
-        need(not cfg.add_qkv_bias or cfg.add_bias_linear, "model.add_qkv_bias=true alone needs model_type=qwen2")
-    else:
-        need(not cfg.add_qkv_bias and not cfg.add_bias_linear, "linear biases are not supported")
+    need(cfg.qk_layernorm == fam.qk_layernorm, f"model.qk_layernorm={cfg.qk_layernorm} (qk-norm ⇔ "
+         f"{'/'.join(t for t, f in FAMILIES.items() if f.qk_layernorm)})")
+    need(not cfg.rope_scaling or fam.rope_scaling,
+         f"model.rope_scaling=true needs {'/'.join(t for t, f in FAMILIES.items() if f.rope_scaling)}")
+    fam.check_export(cfg, need)
     kwargs: dict[str, Any] = dict(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
@@ -192,19 +161,12 @@ def hf_config_from_model_config(cfg: ModelConfig, model_type: Optional[str] = No
     )
     if cfg.rope_scaling:
         kwargs["rope_scaling"] = {"rope_type": "llama3", "factor": cfg.rope_scaling_factor, **LLAMA3_ROPE}
-    if model_type == "llama":
-        kwargs.update(attention_bias=cfg.add_bias_linear, mlp_bias=cfg.add_bias_linear)
-    if model_type == "mistral":
-        kwargs["sliding_window"] = None
-    if model_type == "qwen2":
-        kwargs.update(use_sliding_window=False, sliding_window=None)
-    if model_type == "qwen3":
-        kwargs.update(attention_bias=False, use_sliding_window=False, sliding_window=None)
+    kwargs.update(fam.export_keys(cfg))
     for k, v in (token_ids or {}).items():
         if v is not None:
             kwargs[k] = v
     hf_cfg = AutoConfig.for_model(model_type, **kwargs)
-    hf_cfg.architectures = [ARCHITECTURES[model_type]]
+    hf_cfg.architectures = [fam.architecture]
     import transformers
 
     if int(transformers.__version__.split(".")[0]) >= 5:

@@ -269,3 +269,23 @@ def test_remote_code_of_unsupported_architecture_never_runs(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="config.json is not valid JSON"):
         read_hf_config(tmp_path)
+
+
+def test_every_family_has_one_adapter_and_round_trips_its_config():
+    """Each registered HF family translates its own config.json both ways (transformers' config as the reference)."""
+    from transformers import AutoConfig
+
+    from nemo_minitron.interop.hf import ARCHITECTURES, hf_config_from_model_config, model_config_from_hf
+    from nemo_minitron.interop.hf_families import FAMILIES
+
+    assert set(FAMILIES) == set(ARCHITECTURES) == {"llama", "mistral", "qwen2", "qwen3"}
+    for model_type, fam in FAMILIES.items():
+        ref = AutoConfig.for_model(model_type, vocab_size=256, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4, head_dim=8,
+                                   max_position_embeddings=128)
+        cfg, info = model_config_from_hf(ref.to_dict())
+        assert info["model_type"] == model_type and cfg.qk_layernorm is fam.qk_layernorm
+        assert cfg.add_qkv_bias is (model_type == "qwen2")
+        back = hf_config_from_model_config(cfg, model_type=model_type)
+        assert back.architectures == [fam.architecture] and back.model_type == model_type
+        assert model_config_from_hf(back.to_dict())[0] == cfg
