@@ -68,4 +68,8 @@ def test_demo_default_smollm2(tmp_path):
     assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-10000:]
     rows = json.loads((tmp_path / "work" / "results.json").read_text())["rows"]
     teacher, corrected, pruned, kd, lm, rand = (r["ppl"] for r in rows)
+    # The acceptance claims (corrected teacher better on the domain, KD ahead of LM-only at equal
+    # tokens, pruned + KD far ahead of a random init); not yet measured at full scale on a quiet machine
+    # (2026-12-02: machine load 20-38, see docs/kd_defaults.md), so this test is the check.
     assert corrected < teacher < kd < lm < pruned / 2 and kd < rand / 10
+    assert (tmp_path / "work" / "loss_curves.png").is_file()
