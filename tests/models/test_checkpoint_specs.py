@@ -15,6 +15,8 @@ import torch
 from nemo_minitron.checkpoint import CheckpointError, UnmatchedKeysError, load_checkpoint, save_checkpoint
 from nemo_minitron.models import names
 
+pytestmark = pytest.mark.compat  # megatron-core's sharded_state_dict / _extra_state handling differs by release
+
 TOKENS = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8, 1, 8]])
 TE_NORM_EXTRA = "decoder.final_layernorm._extra_state"
 
