@@ -38,15 +38,26 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR", "") == "1"
 
 
+_prctl: list = []
+
+
+def _load_prctl():
+    """libc's ``prctl``, looked up once (never ``dlopen`` in a forked child: the loader's lock may be held there)."""
+    if not _prctl:
+        try:
+            _prctl.append(ctypes.CDLL(None, use_errno=True).prctl)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl
+            _prctl.append(None)
+    return _prctl[0]
+
+
 def die_with_parent() -> None:
     """In a child process: ask the kernel to SIGKILL it when its parent dies (Linux; no-op elsewhere)."""
     if not sys.platform.startswith("linux"):
         return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - no prctl
-        return
+    prctl = _load_prctl()
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 _fork_hook_installed = False
@@ -67,6 +78,8 @@ def install_child_hygiene() -> None:
     """Forked children (dataloader / tokenizer / checkpoint-writer workers) die with this process and on SIGTERM."""
     global _fork_hook_installed
     if not _fork_hook_installed and hasattr(os, "register_at_fork"):
+        if sys.platform.startswith("linux"):
+            _load_prctl()
         os.register_at_fork(after_in_child=_after_fork_in_child)
         _fork_hook_installed = True
 
