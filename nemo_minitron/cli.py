@@ -160,15 +160,31 @@ def _prefix() -> str:
     return f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
 
 
-def run(main: Callable[[], object], argv: Optional[list[str]] = None) -> int:
+def renamed_overrides(argv: list[str], aliases: dict[str, str]) -> list[str]:
+    """``argv`` with ``KEY=value`` (also ``+KEY=`` / ``++KEY=``) written ``aliases[KEY]=value``.
+
+    For a command's own key that shares its name with a Hydra config group (``data`` is one), which
+    Hydra would read as a choice of that group.
+    """
+    out = []
+    for arg in argv:
+        prefix = arg[:len(arg) - len(arg.lstrip("+"))]
+        key, eq, value = arg[len(prefix):].partition("=")
+        out.append(f"{prefix}{aliases[key]}={value}" if eq and key in aliases else arg)
+    return out
+
+
+def run(main: Callable[[], object], argv: Optional[list[str]] = None, aliases: Optional[dict[str, str]] = None) -> int:
     """Run a ``@hydra.main`` function as a command; returns 0 or raises ``SystemExit`` with the exit status.
 
-    ``argv`` replaces ``sys.argv[1:]`` (tests call entry points in process this way).
+    ``argv`` replaces ``sys.argv[1:]`` (tests call entry points in process this way); ``aliases``
+    renames command-line keys (:func:`renamed_overrides`).
     """
     saved_argv = sys.argv
     saved_full_error = os.environ.get("HYDRA_FULL_ERROR")
-    if argv is not None:
-        sys.argv = [saved_argv[0] if saved_argv else "nemo_minitron", *argv]
+    if argv is not None or aliases:
+        args = list(saved_argv[1:] if argv is None else argv)
+        sys.argv = [saved_argv[0] if saved_argv else "nemo_minitron", *renamed_overrides(args, aliases or {})]
     want_trace = verbose()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; this function decides what the user sees
     install_child_hygiene()
