@@ -24,6 +24,9 @@ from nemo_minitron.paths import conf_dir  # noqa: E402
 
 register_configs()
 
+#: ``data=`` on the command line is the evaluation text (``data_path``), not a choice of the ``data`` config group.
+EVALUATE_ALIASES = {"data": "data_path"}
+
 
 def evaluate(cfg) -> dict:
     """Perplexity and/or lm-eval tasks of ``cfg.checkpoint``; returns the report. Collective."""
@@ -33,7 +36,7 @@ def evaluate(cfg) -> dict:
 
     report = {"checkpoint": cfg.checkpoint}
     model = None
-    if cfg.data:
+    if cfg.data_path:
         from nemo_minitron.eval.perplexity import evaluate_perplexity
 
         out = evaluate_perplexity(cfg)
@@ -83,4 +86,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, aliases=EVALUATE_ALIASES)

@@ -119,9 +119,17 @@ def save_checkpoint(
                               exists_error=CheckpointError)
     prepare_checkpoint_writer()
     with collective_atomic_dir(final) as tmp:
-        _write_checkpoint(model, cfg, tmp, extra_metadata, tokenizer_dir)
-        if before_publish is not None and is_rank0():
-            before_publish(tmp)
+        try:
+            _write_checkpoint(model, cfg, tmp, extra_metadata, tokenizer_dir)
+            if before_publish is not None and is_rank0():
+                before_publish(tmp)
+        except BaseException as exc:  # torch DCP's CheckpointException is not an Exception subclass
+            if isinstance(exc, OSError) or (not isinstance(exc, (KeyboardInterrupt, SystemExit, CheckpointError))
+                                            and "[Errno " in str(exc)):
+                raise CheckpointError(f"cannot write checkpoint {final}: {_last_line(exc)}"
+                                      f"{'' if str(final) in _last_line(exc) else ' (nothing was left there)'}"
+                                      ) from exc
+            raise
     if is_rank0():
         log.info("saved checkpoint %s", final)
     return final

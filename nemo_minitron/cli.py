@@ -38,15 +38,26 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR", "") == "1"
 
 
+_prctl: list = []
+
+
+def _load_prctl():
+    """libc's ``prctl``, looked up once (never ``dlopen`` in a forked child: the loader's lock may be held there)."""
+    if not _prctl:
+        try:
+            _prctl.append(ctypes.CDLL(None, use_errno=True).prctl)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl
+            _prctl.append(None)
+    return _prctl[0]
+
+
 def die_with_parent() -> None:
     """In a child process: ask the kernel to SIGKILL it when its parent dies (Linux; no-op elsewhere)."""
     if not sys.platform.startswith("linux"):
         return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - no prctl
-        return
+    prctl = _load_prctl()
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 _fork_hook_installed = False
@@ -67,6 +78,8 @@ def install_child_hygiene() -> None:
     """Forked children (dataloader / tokenizer / checkpoint-writer workers) die with this process and on SIGTERM."""
     global _fork_hook_installed
     if not _fork_hook_installed and hasattr(os, "register_at_fork"):
+        if sys.platform.startswith("linux"):
+            _load_prctl()
         os.register_at_fork(after_in_child=_after_fork_in_child)
         _fork_hook_installed = True
 
@@ -147,15 +160,31 @@ def _prefix() -> str:
     return f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
 
 
-def run(main: Callable[[], object], argv: Optional[list[str]] = None) -> int:
+def renamed_overrides(argv: list[str], aliases: dict[str, str]) -> list[str]:
+    """``argv`` with ``KEY=value`` (also ``+KEY=`` / ``++KEY=``) written ``aliases[KEY]=value``.
+
+    For a command's own key that shares its name with a Hydra config group (``data`` is one), which
+    Hydra would read as a choice of that group.
+    """
+    out = []
+    for arg in argv:
+        prefix = arg[:len(arg) - len(arg.lstrip("+"))]
+        key, eq, value = arg[len(prefix):].partition("=")
+        out.append(f"{prefix}{aliases[key]}={value}" if eq and key in aliases else arg)
+    return out
+
+
+def run(main: Callable[[], object], argv: Optional[list[str]] = None, aliases: Optional[dict[str, str]] = None) -> int:
     """Run a ``@hydra.main`` function as a command; returns 0 or raises ``SystemExit`` with the exit status.
 
-    ``argv`` replaces ``sys.argv[1:]`` (tests call entry points in process this way).
+    ``argv`` replaces ``sys.argv[1:]`` (tests call entry points in process this way); ``aliases``
+    renames command-line keys (:func:`renamed_overrides`).
     """
     saved_argv = sys.argv
     saved_full_error = os.environ.get("HYDRA_FULL_ERROR")
-    if argv is not None:
-        sys.argv = [saved_argv[0] if saved_argv else "nemo_minitron", *argv]
+    if argv is not None or aliases:
+        args = list(saved_argv[1:] if argv is None else argv)
+        sys.argv = [saved_argv[0] if saved_argv else "nemo_minitron", *renamed_overrides(args, aliases or {})]
     want_trace = verbose()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; this function decides what the user sees
     install_child_hygiene()

@@ -177,6 +177,13 @@ def _publish(pairs: list[tuple[str, str]]) -> None:
     termination.check()
 
 
+def _name_the_output(exc: BaseException, prefix: str) -> None:
+    """An OS error without a file name (a failed write: disk full, file too large) raised again naming ``prefix``."""
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+        raise OSError(exc.errno, f"{exc.strerror} while writing output_prefix (nothing was left there)",
+                      prefix) from exc
+
+
 def _encode_into(documents: Iterable[str], tok: Tokenizer, tmp_prefix: str, prefix: str, workers: int,
                  chunk_docs: int, chunk_chars: int, start_method: Optional[str], progress: bool,
                  sources: Optional[list[str]], dataset_set: Optional[dict] = None) -> PreprocessSummary:
@@ -194,7 +201,9 @@ def _encode_into(documents: Iterable[str], tok: Tokenizer, tmp_prefix: str, pref
         if workers > 1:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             ctx = mp.get_context(start_method or _default_start_method())
-            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok,))
+            with termination.deferred():  # a SIGTERM inside Pool() would leave workers it does not know about
+                pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok,))
+            termination.check()
             results = pool.imap(_encode_chunk, jobs, chunksize=1)
         else:
             global _WORKER_TOKENIZER
@@ -221,8 +230,9 @@ def _encode_into(documents: Iterable[str], tok: Tokenizer, tmp_prefix: str, pref
         if bar is not None:
             bar.close()
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            with termination.deferred():
+                pool.terminate()
+                pool.join()
     seconds = time.perf_counter() - t0
     summary = PreprocessSummary(prefix, n_docs, n_tokens, tok.vocab_size, np.dtype(dtype).name, workers,
                                 round(seconds, 3))
@@ -275,9 +285,10 @@ def tokenize_to_indexed_dataset(
         summary = _encode_into(documents, tok, os.path.join(tmp, "data"), prefix, _num_workers(workers), chunk_docs,
                                chunk_chars, start_method, progress, sources)
         _publish([(os.path.join(tmp, "data"), prefix)])
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_if_empty(created)
+        _name_the_output(exc, prefix)
         raise
     shutil.rmtree(tmp, ignore_errors=True)
     _log_summary(summary)
@@ -324,9 +335,10 @@ def preprocess_corpus(
                                          os.path.join(tmp, name), prefixes[name], _num_workers(workers), chunk_docs,
                                          1 << 16, None, progress, [str(f) for f in files], dataset_set)
         _publish([(os.path.join(tmp, name), prefixes[name]) for name in plan])
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_if_empty(created)
+        _name_the_output(exc, base)
         raise
     shutil.rmtree(tmp, ignore_errors=True)
     for summary in results.values():

@@ -22,9 +22,10 @@ class EvaluateConfig:
     checkpoint_format: str = "auto"
     """auto (detected from the files), megatron, hf, nemo2 or gguf."""
 
-    data: Optional[str] = None
+    data_path: Optional[str] = None
     """Evaluation text: an indexed-dataset prefix (PREFIX.bin/.idx), a .txt / .jsonl (field ``text``) / WikiText
-    .raw file or a directory of them. Raw text is tokenized with the checkpoint's tokenizer (or ``tokenizer``)."""
+    .raw file or a directory of them. Raw text is tokenized with the checkpoint's tokenizer (or ``tokenizer``).
+    On the command line also ``data=`` (``data`` alone would name Hydra's ``data`` config group)."""
 
     tokenizer: Optional[str] = None
     """Tokenizer file/directory for raw text when the checkpoint carries none."""
@@ -77,7 +78,7 @@ class EvaluateConfig:
             raise ConfigError("checkpoint is required: checkpoint=<megatron checkpoint | HF dir | NeMo 2 dir | .gguf>")
         if self.checkpoint_format not in CHECKPOINT_FORMATS:
             raise ConfigError(f"checkpoint_format={self.checkpoint_format!r} must be one of {list(CHECKPOINT_FORMATS)}")
-        if not self.data and not self.lm_eval_tasks:
+        if not self.data_path and not self.lm_eval_tasks:
             raise ConfigError("nothing to evaluate: set data=<prefix | .txt | .jsonl> and/or lm_eval_tasks=[...]")
         for key in ("num_samples", "micro_batch_size", "tensor_model_parallel_size", "pipeline_model_parallel_size",
                     "max_new_tokens"):

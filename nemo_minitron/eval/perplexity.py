@@ -104,11 +104,11 @@ def evaluate_perplexity(cfg) -> dict:
     ckpt = resolve_checkpoint(cfg.checkpoint, cfg.checkpoint_format, cfg.work_dir)
     model, _, ctx = load_model(ckpt, cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size)
     tok = cfg.tokenizer or tokenizer_path(ckpt)
-    tokens, mask = eval_windows(cfg.data, cfg.num_samples, cfg.seq_length, cfg.seed, tok)
+    tokens, mask = eval_windows(cfg.data_path, cfg.num_samples, cfg.seq_length, cfg.seed, tok)
     sums = perplexity_of(model, tokens, mask, cfg.micro_batch_size, ctx)
-    result = {"checkpoint": str(cfg.checkpoint), "data": str(cfg.data), "tp": ctx.tp_size, "pp": ctx.pp_size,
+    result = {"checkpoint": str(cfg.checkpoint), "data": str(cfg.data_path), "tp": ctx.tp_size, "pp": ctx.pp_size,
               "dp": ctx.dp_size, "num_samples": int(tokens.shape[0]), "seq_length": int(tokens.shape[1]),
               **sums.to_dict()}
-    log.info("%s on %s: loss %.4f, perplexity %.3f over %d tokens (TP=%d PP=%d DP=%d)", cfg.checkpoint, cfg.data,
+    log.info("%s on %s: loss %.4f, perplexity %.3f over %d tokens (TP=%d PP=%d DP=%d)", cfg.checkpoint, cfg.data_path,
              sums.loss, sums.ppl, int(sums.tokens), ctx.tp_size, ctx.pp_size, ctx.dp_size)
     return {"result": result, "model": model, "ckpt": ckpt, "ctx": ctx}

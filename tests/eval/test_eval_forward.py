@@ -93,12 +93,12 @@ def test_evaluate_perplexity_on_jsonl_text_and_prefix(world, tmp_path):
     rng = np.random.default_rng(0)
     docs = [_words(rng, int(n)) for n in rng.integers(5, 40, 12)]
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    cfg = EvaluateConfig(checkpoint=str(tmp_path / "hf"), data=str(tmp_path / "eval.jsonl"), num_samples=6,
+    cfg = EvaluateConfig(checkpoint=str(tmp_path / "hf"), data_path=str(tmp_path / "eval.jsonl"), num_samples=6,
                          seq_length=16, micro_batch_size=4, work_dir=str(tmp_path / "work")).validate()
     out = evaluate_perplexity(cfg)
     res = out["result"]
     assert (tmp_path / "work" / "hf.megatron").is_dir()  # imported once, reused next time
-    tokens, mask = eval_windows(cfg.data, 6, 16, cfg.seed, tmp_path / "hf")
+    tokens, mask = eval_windows(cfg.data_path, 6, 16, cfg.seed, tmp_path / "hf")
     assert not mask.all()  # windows cross document boundaries, which must not count
     ref = dense_loss(hf, tokens, mask)
     assert res["loss"] == pytest.approx(ref, abs=1e-5)
@@ -109,14 +109,14 @@ def test_evaluate_perplexity_on_jsonl_text_and_prefix(world, tmp_path):
 
     prefix = preprocess_corpus(tmp_path / "eval.jsonl", tmp_path / "hf", tmp_path / "tok" / "eval", workers=1,
                                progress=False)["all"].prefix
-    again = evaluate_perplexity(EvaluateConfig(checkpoint=str(out["ckpt"]), data=prefix, num_samples=6, seq_length=16,
+    again = evaluate_perplexity(EvaluateConfig(checkpoint=str(out["ckpt"]), data_path=prefix, num_samples=6, seq_length=16,
                                                micro_batch_size=3).validate())["result"]
     assert again["loss"] == pytest.approx(res["loss"], abs=1e-6) and again["tokens"] == res["tokens"]
 
     from nemo_minitron.config.model import ConfigError
 
     with pytest.raises(ConfigError, match="data="):
-        evaluate_perplexity(EvaluateConfig(checkpoint=str(tmp_path / "hf"), data=str(tmp_path / "missing.txt"),
+        evaluate_perplexity(EvaluateConfig(checkpoint=str(tmp_path / "hf"), data_path=str(tmp_path / "missing.txt"),
                                            work_dir=str(tmp_path / "work")))
 
 
@@ -127,9 +127,9 @@ def test_evaluate_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="nothing to evaluate"):
         EvaluateConfig(checkpoint="x").validate()
     with pytest.raises(ConfigError, match="seq_length"):
-        EvaluateConfig(checkpoint="x", data="d", seq_length=1).validate()
+        EvaluateConfig(checkpoint="x", data_path="d", seq_length=1).validate()
     with pytest.raises(ConfigError, match="checkpoint_format"):
-        EvaluateConfig(checkpoint="x", data="d", checkpoint_format="onnx").validate()
+        EvaluateConfig(checkpoint="x", data_path="d", checkpoint_format="onnx").validate()
 
 
 @pytest.mark.multiproc

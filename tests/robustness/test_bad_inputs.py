@@ -6,6 +6,7 @@ existing directory untouched).
 """
 
 import importlib.util
+import json
 import shlex
 from pathlib import Path
 
@@ -17,13 +18,22 @@ ROOT = Path(__file__).resolve().parents[2]
 _MODULES = {}
 
 
-def _entry(script: str):
+def _module(script: str):
     if script not in _MODULES:
         spec = importlib.util.spec_from_file_location(f"nm_example_{script}", ROOT / "examples" / f"{script}.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         _MODULES[script] = mod
-    return _MODULES[script].main
+    return _MODULES[script]
+
+
+def _entry(script: str):
+    return _module(script).main
+
+
+def _run(script: str, argv: list[str]):
+    """What ``python examples/<script>.py ARGV`` runs (its command-line aliases included), in process."""
+    return cli.run(_entry(script), argv, aliases=getattr(_module(script), "EVALUATE_ALIASES", None))
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +115,28 @@ CASES = [
     ("distill-export-exists", "megatron_distill",
      "model.restore_from_path={ckpt} model.kd_teacher_restore_from_path={ckpt} export.save_path={theirs} "
      "model.data.data_prefix=[{root}/x] exp_manager.explicit_log_dir={root}/run", "export.save_path"),
+    ("distill-typo-with-plus", "megatron_distill",
+     "model.restore_from_path={ckpt} model.kd_teacher_restore_from_path={ckpt} export.save_path={out} "
+     "model.data.data_prefix=[{root}/x] exp_manager.explicit_log_dir={root}/run +trainer.max_step=3", "max_step"),
+    ("finetune-missing-model", "megatron_finetune",
+     "model.restore_from_path={root}/nomodel export.save_path={out} model.data.data_prefix=[{root}/x] "
+     "exp_manager.explicit_log_dir={root}/run", "nomodel"),
+    ("finetune-export-exists", "megatron_finetune",
+     "model.restore_from_path={ckpt} export.save_path={theirs} model.data.data_prefix=[{root}/x] "
+     "exp_manager.explicit_log_dir={root}/run", "export.save_path"),
+    ("prune-plus-typo", "megatron_prune",
+     "model.restore_from_path={ckpt} export.save_path={out} +prune.ffn_hiden_size=64", "ffn_hiden_size"),
+    ("evaluate-missing-data", "evaluate", "checkpoint={ckpt} data={root}/nodata.txt", "nodata"),
+    ("evaluate-nothing-to-do", "evaluate", "checkpoint={ckpt}", "data="),
+    ("evaluate-missing-checkpoint", "evaluate", "checkpoint={root}/nockpt data={noise}", "nockpt"),
+    ("evaluate-unknown-key", "evaluate", "checkpoint={ckpt} data={noise} num_sample=3", "num_sample"),
+    ("evaluate-bad-int", "evaluate", "checkpoint={ckpt} data={noise} num_samples=many", "num_samples"),
+    ("plan-unknown-key", "plan", "gpus_per_nod=4", "gpus_per_nod"),
+    ("plan-unknown-preset", "plan", "model=no-such-model", "Available options in 'model': "),
+    ("minitron-no-stages", "minitron", "teacher={root}/noteacher train_data={root}/x work_dir={out}", "stages"),
+    ("minitron-unknown-key", "minitron", "teacher={ckpt} train_data={root}/x work_dir={out} stepz=[prune]", "stepz"),
+    ("convert-bad-format", "convert_checkpoint", "input_path={hf} output_path={out} output_format=onnx",
+     "output_format"),
 ]
 
 
@@ -117,7 +149,7 @@ def test_bad_input(case, script, args, needle, inputs, capsys, monkeypatch):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     argv = shlex.split(args.format(**{k: str(v) for k, v in inputs.items()}))
     with pytest.raises(SystemExit) as exc:
-        cli.run(_entry(script), argv)
+        _run(script, argv)
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("[W", "W1", "I1"))]
     assert exc.value.code == cli.EXIT_USER_ERROR, err
@@ -162,3 +194,15 @@ def test_error_lines_name_the_path_and_drop_embedded_tracebacks():
                            "  File \"a.py\", line 1, in f\nFileNotFoundError: no such file: 'X/w'\n)")
     (line,) = cli.error_lines(wrapped)
     assert "Traceback" not in line and line.endswith("no such file: 'X/w'")
+
+
+def test_evaluate_data_key_is_the_evaluation_text(inputs, monkeypatch, capsys, tmp_path):
+    """``data=`` names the evaluation text although ``data`` is also a Hydra config group (it was refused)."""
+    monkeypatch.chdir(tmp_path)
+    text = tmp_path / "heldout.txt"
+    text.write_text(" ".join(f"w{i % 60 + 3}" for i in range(400)) + "\n")
+    assert _run("evaluate", [f"checkpoint={inputs['ckpt']}", f"data={text}", "num_samples=2", "seq_length=16"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["perplexity"]["data"] == str(text) and report["perplexity"]["tokens"] > 0
+    assert cli.renamed_overrides(["data=x", "+data=y", "data_path=z", "model.data.x=1"], {"data": "data_path"}) == [
+        "data_path=x", "+data_path=y", "data_path=z", "model.data.x=1"]

@@ -259,3 +259,35 @@ def test_prune_sigterm_at_save_points_exits_143_without_a_half_output(pruned_onc
         assert (out / "nemo_minitron.json").read_bytes() == before
     assert _temps(tmp_path) == [], _temps(tmp_path)
     assert not _wait_gone(seen), "processes outlived the command"
+
+
+def test_prepare_sigterm_in_a_fork_hook_with_workers_exits_143_and_keeps_the_set(tmp_path):
+    """workers=2 forks a pool while a SIGTERM is handled: exit 143, the previous split set untouched, no hang."""
+    from tests.fixtures import corpus as C
+
+    wt = C.write_wikitext_dir(tmp_path / "wt", n_train=40, n_valid=8, n_test=8)
+    tok = C.train_bpe_tokenizer([C.wikitext_text(C.make_articles(5))], tmp_path / "tok")
+    ds = tmp_path / "ds"
+    args = [f"input={wt}", f"tokenizer={tok}", f"output_prefix={ds / 'wt'}", "workers=2", "overwrite=true",
+            "progress=false", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    first = subprocess.run([sys.executable, "examples/prepare_wikitext.py", *args], cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=240)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {p.name: p.read_bytes() for p in ds.iterdir()}
+    driver = Path(__file__).with_name("sigterm_driver.py")
+    proc = subprocess.Popen([sys.executable, str(driver), "fork", str(ds), "examples/prepare_wikitext.py", *args],
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: set[int] = set()
+    end = time.time() + 240
+    while proc.poll() is None and time.time() < end:
+        seen |= _children(proc.pid)
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
+        raise AssertionError("prepare_wikitext hung after SIGTERM")
+    _, err = proc.communicate(timeout=60)
+    assert "the signal was never sent" not in err
+    assert proc.returncode == 143, (proc.returncode, err[-3000:])
+    assert "Traceback" not in err, err[-3000:]
+    assert {p.name: p.read_bytes() for p in ds.iterdir()} == before
+    assert not _wait_gone(seen), "pool workers outlived the command"

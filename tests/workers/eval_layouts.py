@@ -24,7 +24,7 @@ def main() -> None:
     work, hf_dir, data = sys.argv[1:4]
     runtime.init_distributed()
     for tp, pp in ((2, 1), (1, 2), (1, 1)):
-        cfg = EvaluateConfig(checkpoint=hf_dir, data=data, num_samples=6, seq_length=16, micro_batch_size=2,
+        cfg = EvaluateConfig(checkpoint=hf_dir, data_path=data, num_samples=6, seq_length=16, micro_batch_size=2,
                              tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, work_dir=work).validate()
         res = evaluate_perplexity(cfg)["result"]
         if dist.get_rank() == 0:
