@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,25 @@ def test_nemo_reads_our_nemo2_context_and_nemo1_file(world, tmp_path):
     assert seen["nemo2_config"]["vocab_size"] == 128 and seen["nemo2_activation"] == "silu"
     assert seen["nemo2_tokenizer_ids"] == [5, 17, 99]
     assert seen["nemo1_config"] | shape == seen["nemo1_config"] and seen["nemo1_config"]["activation"] == "fast-swiglu"
+    # same weights: every tensor of our checkpoint is what NeMo's reader returns (layers stacked on dim 0)
+    import torch
+
+    from nemo_minitron.checkpoint import load_checkpoint, load_model_config
+    from nemo_minitron.models.builder import build_gpt_model
+
+    nemo_weights = torch.load(out.with_suffix(".pt"), weights_only=True)
+    cfg = load_model_config(mega)
+    model = build_gpt_model(cfg)
+    load_checkpoint(model, cfg, mega)
+    ours = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor) and "_extra_state" not in k}
+    seen_keys = set()
+    for name, value in ours.items():
+        layer = re.match(r"decoder\.layers\.(\d+)\.(.*)", name)
+        key = f"model.decoder.layers.{layer.group(2)}" if layer else f"model.{name}"
+        got = nemo_weights[key][int(layer.group(1))] if layer else nemo_weights[key]
+        assert torch.equal(got, value), name
+        seen_keys.add(key)
+    assert seen_keys == set(nemo_weights), set(nemo_weights) ^ seen_keys
 
 
 def test_hf_export_runs_right_under_transformers_4_57(world, tmp_path):

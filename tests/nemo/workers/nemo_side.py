@@ -2,7 +2,7 @@
 
 Loads our NeMo 2 context with NeMo's ``io.load_context`` (and fiddle's own JSON loader) and reads our NeMo 1
 ``.nemo`` with NeMo's NeMo 1 reader (``nemo.export.trt_llm.nemo_ckpt_loader``); writes what it saw as JSON
-(tensors as lists) for the test to compare with the source model.
+for the test to compare with the source model, and the NeMo 1 weights NeMo read to ``OUT_JSON`` with suffix ``.pt``.
 """
 
 import json
@@ -48,6 +48,12 @@ def main(nemo2: Path, nemo1: Path, out: Path) -> None:
     result["nemo1_config"] = {k: unpacked.model_config.get(k) for k in (
         "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
         "activation", "normalization", "bias", "share_embeddings_and_output_weights", "mcore_gpt")}
+    # the weights as NeMo's TensorRT-LLM export reads them (megatron's torch_dist reader over model_weights/)
+    import torch
+    from nemo.export.utils.model_loader import load_model_weights
+
+    weights = load_model_weights(str(nemo1))
+    torch.save({k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}, out.with_suffix(".pt"))
     out.write_text(json.dumps(result))
 
 
