@@ -52,7 +52,13 @@ def main(nemo2: Path, nemo1: Path, out: Path) -> None:
     import torch
     from nemo.export.utils.model_loader import load_model_weights
 
-    weights = load_model_weights(str(nemo1))
+    # NeMo's torch_dist reader cannot read inside the tar (TypeError on its TarPath): it gets the extracted archive
+    import tarfile
+
+    extracted = out.parent / "nemo1_extracted"
+    with tarfile.open(nemo1) as tar:
+        tar.extractall(extracted, filter="data")
+    weights = load_model_weights(str(extracted))
     torch.save({k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}, out.with_suffix(".pt"))
     out.write_text(json.dumps(result))
 
