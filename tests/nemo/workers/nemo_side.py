@@ -48,12 +48,12 @@ def main(nemo2: Path, nemo1: Path, out: Path) -> None:
     result["nemo1_config"] = {k: unpacked.model_config.get(k) for k in (
         "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
         "activation", "normalization", "bias", "share_embeddings_and_output_weights", "mcore_gpt")}
-    # the weights as NeMo's TensorRT-LLM export reads them (megatron's torch_dist reader over model_weights/)
+    # the weights as NeMo's TensorRT-LLM export reads them (megatron's torch_dist reader over model_weights/);
+    # that reader cannot read inside the tar (TypeError on its TarPath): it gets the extracted archive
+    import tarfile
+
     import torch
     from nemo.export.utils.model_loader import load_model_weights
-
-    # NeMo's torch_dist reader cannot read inside the tar (TypeError on its TarPath): it gets the extracted archive
-    import tarfile
 
     extracted = out.parent / "nemo1_extracted"
     with tarfile.open(nemo1) as tar:
