@@ -198,7 +198,10 @@ def test_error_lines_name_the_path_and_drop_embedded_tracebacks():
 
 def test_evaluate_data_key_is_the_evaluation_text(inputs, monkeypatch, capsys, tmp_path):
     """``data=`` names the evaluation text although ``data`` is also a Hydra config group (it was refused)."""
+    from nemo_minitron import runtime
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runtime, "shutdown", lambda: None)  # keep the session's process group for later tests
     text = tmp_path / "heldout.txt"
     text.write_text(" ".join(f"w{i % 60 + 3}" for i in range(400)) + "\n")
     assert _run("evaluate", [f"checkpoint={inputs['ckpt']}", f"data={text}", "num_samples=2", "seq_length=16"]) == 0

@@ -291,3 +291,48 @@ def test_prepare_sigterm_in_a_fork_hook_with_workers_exits_143_and_keeps_the_set
     assert "Traceback" not in err, err[-3000:]
     assert {p.name: p.read_bytes() for p in ds.iterdir()} == before
     assert not _wait_gone(seen), "pool workers outlived the command"
+
+
+from tests.train.test_train_recipe import setup  # noqa: E402,F401  (teacher, student and data of the recipe tests)
+
+
+@pytest.mark.slow
+def test_distill_kill9_mid_run_resumes_exactly(setup, tmp_path):  # noqa: F811
+    """kill -9 of a distillation after a few checkpoints: the same command resumes and ends with the unbroken weights."""
+    import torch
+
+    from nemo_minitron.checkpoint import load_checkpoint, load_model_config
+    from nemo_minitron.models.builder import build_gpt_model
+
+    root = setup["root"]
+
+    def cmd(run):
+        return [sys.executable, "examples/megatron_distill.py", f"model.restore_from_path={root}/student",
+                f"model.kd_teacher_restore_from_path={root}/teacher", f"model.data.data_prefix=[{setup['train']}]",
+                "model.data.splits_string='80,20,0'", "model.micro_batch_size=2", "model.global_batch_size=2",
+                "model.encoder_seq_length=32", "trainer.max_steps=6", "trainer.val_check_interval=0",
+                "exp_manager.checkpoint_every_n_steps=1", f"export.save_path={tmp_path / run}_export",
+                f"exp_manager.explicit_log_dir={tmp_path / run}", f"hydra.run.dir={tmp_path / 'hydra'}"]
+
+    unbroken = subprocess.run(cmd("a"), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert unbroken.returncode == 0, unbroken.stderr[-3000:]
+    rc, seen, err = _signal_at(cmd("b"), lambda: (tmp_path / "b" / "checkpoints" / "step_0000003" / "COMPLETE")
+                               .is_file(), signal.SIGKILL)
+    assert rc == -signal.SIGKILL, (rc, err[-2000:])
+    assert not (tmp_path / "b_export").exists()
+    assert not _wait_gone(seen), "processes outlived the killed distillation"
+    again = subprocess.run(cmd("b"), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    import re
+
+    resumed = re.search(r"resumed from \S+ \(step (\d+)", again.stderr)
+    assert resumed and int(resumed.group(1)) >= 3, again.stderr[-2000:]  # not a restart from step 0
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir() if p.name.startswith(".")] == []
+    weights = []
+    for run in ("a", "b"):
+        cfg = load_model_config(tmp_path / f"{run}_export")
+        model = build_gpt_model(cfg)
+        load_checkpoint(model, cfg, tmp_path / f"{run}_export")
+        weights.append(model.state_dict())
+    keys = [k for k in weights[0] if not k.endswith("_extra_state")]
+    assert keys and all(torch.equal(weights[0][k], weights[1][k]) for k in keys)
