@@ -42,7 +42,7 @@ _prctl: list = []
 
 
 def _load_prctl():
-    """libc's ``prctl``, looked up once (never ``dlopen`` in a forked child: the loader's lock may be held there)."""
+    """The C library's ``prctl``, looked up once (never ``dlopen`` in a forked child: the loader's lock may be held there)."""
     if not _prctl:
         try:
             _prctl.append(ctypes.CDLL(None, use_errno=True).prctl)

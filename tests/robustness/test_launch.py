@@ -1,9 +1,8 @@
 """tests/launch.py leaves no process behind: parent-death signal for workers, whole-job kill on a timeout."""
 
-import os
-import sys
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
