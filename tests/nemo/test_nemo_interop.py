@@ -15,6 +15,7 @@ import pytest
 from tests.workers.interop_common import TOKENS, hf_logits, make_hf_model
 
 WORKER = Path(__file__).parent / "workers" / "nemo_side.py"
+IMPORTER = Path(__file__).parent / "workers" / "nemo_import.py"
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
 
@@ -59,6 +60,40 @@ def test_nemo_reads_our_nemo2_context_and_nemo1_file(world, tmp_path):
         assert torch.equal(got, value), name
         seen_keys.add(key)
     assert seen_keys == set(nemo_weights), set(nemo_weights) ^ seen_keys
+
+
+#: our tiny HF kind -> the NeMo family whose HF importer writes it (qwen3_hd128: NeMo's importer ignores head_dim)
+NEMO_IMPORTS = {"llama": "llama", "llama_tied": "llama", "qwen2": "qwen2", "qwen3_hd128": "qwen3",
+                "mistral": "mistral"}
+
+
+@pytest.mark.timeout(1500)
+def test_checkpoints_nemo_writes_convert_to_hf_exactly(world, tmp_path):
+    """NeMo's own HF importers (``llm.import_ckpt``) write NeMo 2 checkpoints of Llama-3.1 (RoPE scaling), Llama
+    with tied embeddings, Qwen2 (QKV bias), Qwen3 (QK norm) and Mistral; we convert each to HF and transformers 4.57
+    gives the source's logits. NeMo's checkpoints carry trainer state in ``weights/common.pt``."""
+    import torch
+    import transformers
+
+    from nemo_minitron.interop.convert import convert
+
+    sources = {kind: make_hf_model(kind, tmp_path / "hf" / kind) for kind in NEMO_IMPORTS}
+    jobs = [a for kind, family in NEMO_IMPORTS.items() for a in (family, tmp_path / "hf" / kind, tmp_path / kind)]
+    run = subprocess.run([sys.executable, str(IMPORTER), *map(str, jobs)], env=ENV, capture_output=True, text=True,
+                         timeout=1400)
+    assert run.returncode == 0, run.stderr[-4000:]
+    for kind, src in sources.items():
+        nemo2 = tmp_path / kind
+        assert (nemo2 / "context" / "io.json").is_file()
+        assert "global_step" in torch.load(nemo2 / "weights" / "common.pt", weights_only=True)
+        out = convert(nemo2, "nemo2", tmp_path / f"{kind}_hf", "hf")
+        diff = (hf_logits(out, TOKENS) - hf_logits(src, TOKENS)).abs().max().item()
+        assert diff <= 1e-5, f"{kind}: {diff}"
+        loaded = transformers.AutoConfig.from_pretrained(str(out))
+        assert loaded.rope_theta == src.config.rope_theta, kind
+        assert getattr(loaded, "rope_scaling", None) == getattr(src.config, "rope_scaling", None), kind
+        assert (loaded.bos_token_id, loaded.eos_token_id) == (1, 2), kind
+        assert loaded.tie_word_embeddings == src.config.tie_word_embeddings, kind
 
 
 def test_hf_export_runs_right_under_transformers_4_57(world, tmp_path):
