@@ -16,6 +16,7 @@ from tests.workers.interop_common import TOKENS, hf_logits, make_hf_model
 
 WORKER = Path(__file__).parent / "workers" / "nemo_side.py"
 IMPORTER = Path(__file__).parent / "workers" / "nemo_import.py"
+EXPORTER = Path(__file__).parent / "workers" / "nemo_export.py"
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
 
@@ -94,6 +95,33 @@ def test_checkpoints_nemo_writes_convert_to_hf_exactly(world, tmp_path):
         assert getattr(loaded, "rope_scaling", None) == getattr(src.config, "rope_scaling", None), kind
         assert (loaded.bos_token_id, loaded.eos_token_id) == (1, 2), kind
         assert loaded.tie_word_embeddings == src.config.tie_word_embeddings, kind
+
+
+@pytest.mark.timeout(1500)
+def test_nemo_loads_runs_and_exports_our_nemo2_checkpoints(world, tmp_path):
+    """Our NeMo 2 exports of the four families and a pruned shape (head_dim 20 != 48 / 6): NeMo's
+    ``llm.export_ckpt(target="hf")`` loads each (io.json, its model class, its dist-ckpt loader), the model it
+    loaded gives the source's logits, and the HF checkpoint NeMo's exporter writes does too."""
+    import torch
+
+    from nemo_minitron.interop.convert import convert
+
+    kinds = ("llama", "llama_tied", "qwen2", "qwen3", "mistral", "pruned")
+    sources = {kind: make_hf_model(kind, tmp_path / "hf" / kind) for kind in kinds}
+    jobs = []
+    for kind in kinds:
+        jobs += [convert(tmp_path / "hf" / kind, "hf", tmp_path / kind, "nemo2"), tmp_path / "out" / kind]
+    torch.save(TOKENS, tmp_path / "tokens.pt")
+    run = subprocess.run([sys.executable, str(EXPORTER), str(tmp_path / "tokens.pt"), *map(str, jobs)], env=ENV,
+                         capture_output=True, text=True, timeout=1400)
+    assert run.returncode == 0, run.stderr[-4000:]
+    for kind, src in sources.items():
+        ref = hf_logits(src, TOKENS)
+        nemo = torch.load(tmp_path / "out" / f"{kind}.nemo_logits.pt", weights_only=True)
+        assert nemo.shape == ref.shape, kind
+        assert (nemo - ref).abs().max().item() <= 1e-5, f"{kind} NeMo forward: {(nemo - ref).abs().max().item()}"
+        exported = hf_logits(tmp_path / "out" / kind, TOKENS)
+        assert (exported - ref).abs().max().item() <= 1e-5, f"{kind} NeMo's HF export"
 
 
 def test_hf_export_runs_right_under_transformers_4_57(world, tmp_path):
