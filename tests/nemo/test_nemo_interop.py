@@ -15,6 +15,8 @@ import pytest
 from tests.workers.interop_common import TOKENS, hf_logits, make_hf_model
 
 WORKER = Path(__file__).parent / "workers" / "nemo_side.py"
+IMPORTER = Path(__file__).parent / "workers" / "nemo_import.py"
+EXPORTER = Path(__file__).parent / "workers" / "nemo_export.py"
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
 
@@ -62,6 +64,67 @@ def test_nemo_reads_our_nemo2_context_and_nemo1_file(world, tmp_path):
         assert torch.equal(got, value), name
         seen_keys.add(key)
     assert seen_keys == set(nemo_weights), set(nemo_weights) ^ seen_keys
+
+
+#: our tiny HF kind -> the NeMo family whose HF importer writes it (qwen3_hd128: NeMo's importer ignores head_dim)
+NEMO_IMPORTS = {"llama": "llama", "llama_tied": "llama", "qwen2": "qwen2", "qwen3_hd128": "qwen3",
+                "mistral": "mistral"}
+
+
+@pytest.mark.timeout(1500)
+def test_checkpoints_nemo_writes_convert_to_hf_exactly(world, tmp_path):
+    """NeMo's own HF importers (``llm.import_ckpt``) write NeMo 2 checkpoints of Llama-3.1 (RoPE scaling), Llama
+    with tied embeddings, Qwen2 (QKV bias), Qwen3 (QK norm) and Mistral; we convert each to HF and transformers 4.57
+    gives the source's logits. NeMo's checkpoints carry trainer state in ``weights/common.pt``."""
+    import torch
+    import transformers
+
+    from nemo_minitron.interop.convert import convert
+
+    sources = {kind: make_hf_model(kind, tmp_path / "hf" / kind) for kind in NEMO_IMPORTS}
+    jobs = [a for kind, family in NEMO_IMPORTS.items() for a in (family, tmp_path / "hf" / kind, tmp_path / kind)]
+    run = subprocess.run([sys.executable, str(IMPORTER), *map(str, jobs)], env=ENV, capture_output=True, text=True,
+                         timeout=1400)
+    assert run.returncode == 0, run.stderr[-4000:]
+    for kind, src in sources.items():
+        nemo2 = tmp_path / kind
+        assert (nemo2 / "context" / "io.json").is_file()
+        assert "global_step" in torch.load(nemo2 / "weights" / "common.pt", weights_only=True)
+        out = convert(nemo2, "nemo2", tmp_path / f"{kind}_hf", "hf")
+        diff = (hf_logits(out, TOKENS) - hf_logits(src, TOKENS)).abs().max().item()
+        assert diff <= 1e-5, f"{kind}: {diff}"
+        loaded = transformers.AutoConfig.from_pretrained(str(out))
+        assert loaded.rope_theta == src.config.rope_theta, kind
+        assert getattr(loaded, "rope_scaling", None) == getattr(src.config, "rope_scaling", None), kind
+        assert (loaded.bos_token_id, loaded.eos_token_id) == (1, 2), kind
+        assert loaded.tie_word_embeddings == src.config.tie_word_embeddings, kind
+
+
+@pytest.mark.timeout(1500)
+def test_nemo_loads_runs_and_exports_our_nemo2_checkpoints(world, tmp_path):
+    """Our NeMo 2 exports of the four families and a pruned shape (head_dim 20 != 48 / 6): NeMo's
+    ``llm.export_ckpt(target="hf")`` loads each (io.json, its model class, its dist-ckpt loader), the model it
+    loaded gives the source's logits, and the HF checkpoint NeMo's exporter writes does too."""
+    import torch
+
+    from nemo_minitron.interop.convert import convert
+
+    kinds = ("llama", "llama_tied", "qwen2", "qwen3", "mistral", "pruned")
+    sources = {kind: make_hf_model(kind, tmp_path / "hf" / kind) for kind in kinds}
+    jobs = []
+    for kind in kinds:
+        jobs += [convert(tmp_path / "hf" / kind, "hf", tmp_path / kind, "nemo2"), tmp_path / "out" / kind]
+    torch.save(TOKENS, tmp_path / "tokens.pt")
+    run = subprocess.run([sys.executable, str(EXPORTER), str(tmp_path / "tokens.pt"), *map(str, jobs)], env=ENV,
+                         capture_output=True, text=True, timeout=1400)
+    assert run.returncode == 0, run.stderr[-4000:]
+    for kind, src in sources.items():
+        ref = hf_logits(src, TOKENS)
+        nemo = torch.load(tmp_path / "out" / f"{kind}.nemo_logits.pt", weights_only=True)
+        assert nemo.shape == ref.shape, kind
+        assert (nemo - ref).abs().max().item() <= 1e-5, f"{kind} NeMo forward: {(nemo - ref).abs().max().item()}"
+        exported = hf_logits(tmp_path / "out" / kind, TOKENS)
+        assert (exported - ref).abs().max().item() <= 1e-5, f"{kind} NeMo's HF export"
 
 
 def test_hf_export_runs_right_under_transformers_4_57(world, tmp_path):

@@ -31,6 +31,8 @@ KINDS = {
     "qwen2": ("Qwen2Config", dict(_BASE, rope_theta=1000000.0)),
     # Qwen3: qk-norm, explicit head_dim
     "qwen3": ("Qwen3Config", dict(_BASE, head_dim=16)),
+    # Qwen3 with head_dim 128, as every released Qwen3: NeMo 2.7.3's HF importer ignores head_dim (kv_channels 128)
+    "qwen3_hd128": ("Qwen3Config", dict(_BASE, head_dim=128)),
     # a hand-built pruned shape: hidden 48, ffn 72 (odd multiple), 6 heads / 2 groups, head_dim 20, 3 layers
     "pruned": ("LlamaConfig", dict(_BASE, hidden_size=48, intermediate_size=72, num_attention_heads=6,
                                    num_key_value_heads=2, head_dim=20, num_hidden_layers=3)),

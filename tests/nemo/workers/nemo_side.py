@@ -10,8 +10,18 @@ import sys
 from pathlib import Path
 
 
-def cpu_shims() -> None:
-    """NeMo on CPU without Transformer Engine (test code only): NeMo's configs switch on TE-only fusions."""
+def cpu_shims(importer: bool = False) -> None:
+    """NeMo on CPU without Transformer Engine (test code only).
+
+    - NeMo's configs switch on TE-only fusions: off.
+    - ``importer``: NeMo's HF importers run ``torch.cuda.synchronize`` / ``torch.cuda.Stream`` (dist-ckpt save,
+      ``MegatronParallel.init_model_parallel``): no-ops on CPU; megatron's async save (on by default in NeMo's
+      strategy) puts a flag tensor on ``torch.cuda.current_device()``: "cpu"; NeMo's checkpoint load moves tensors
+      to the current CUDA device (``io.pl._fix_tensors_device`` asserts CUDA): identity; and they map HF norms to TE-fused names
+      (``linear_qkv.layer_norm_weight``), which a local-spec model keeps as ``input_layernorm.weight``: NeMo only
+      logs "No matches found" and leaves the norms at 1.0 (its HF exporters fail on them with an IndexError), so
+      both sides of the mapping are renamed to the local-spec names.
+    """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     post_init = TransformerConfig.__post_init__
@@ -24,6 +34,33 @@ def cpu_shims() -> None:
         post_init(self)
 
     TransformerConfig.__post_init__ = no_te_fusions
+    if not importer:
+        return
+    import contextlib
+
+    import torch
+    from nemo.lightning import io
+
+    torch.cuda.synchronize = lambda *a, **k: None
+    torch.cuda.Stream = lambda *a, **k: contextlib.nullcontext()
+    torch.cuda.stream = lambda *a, **k: contextlib.nullcontext()
+    torch.cuda.current_device = lambda: "cpu"  # megatron's async save puts its is-alive flag on this device
+    from nemo.lightning.io import pl as nemo_pl
+
+    nemo_pl._fix_tensors_device = lambda checkpoint: checkpoint  # it asserts CUDA is initialised
+    local = {".self_attention.linear_qkv.layer_norm_weight": ".input_layernorm.weight",
+             ".mlp.linear_fc1.layer_norm_weight": ".pre_mlp_layernorm.weight"}
+    apply_transforms = io.apply_transforms
+
+    def local_norm_names(source, target, mapping, *args, **kwargs):
+        def rename(key):
+            for te, name in local.items():
+                key = key.replace(te, name)
+            return key
+
+        return apply_transforms(source, target, {rename(k): rename(v) for k, v in mapping.items()}, *args, **kwargs)
+
+    io.apply_transforms = local_norm_names
 
 
 def main(nemo2: Path, nemo1: Path, out: Path) -> None:
