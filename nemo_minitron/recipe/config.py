@@ -164,7 +164,7 @@ class DemoConfig:
     global_batch_size: int = 8
     """Sequences per optimizer step (every training run of the demo)."""
 
-    correction: TrainBudget = field(default_factory=lambda: TrainBudget(steps=16, lr=1e-4, warmup_steps=2))
+    correction: TrainBudget = field(default_factory=lambda: TrainBudget(steps=16, lr=3e-4, warmup_steps=2))
     """Teacher correction: LM-loss fine-tuning of the teacher on the training split before pruning
     (steps=0 skips it)."""
 

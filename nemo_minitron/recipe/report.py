@@ -19,7 +19,7 @@ log = get_logger(__name__)
 def table(rows: list[dict], title: str) -> list[str]:
     """Markdown lines: one row per model (params, training tokens, held-out loss, perplexity)."""
     lines = [title, "", f"| {'model':40s} | {'params':>8s} | {'train tokens':>12s} | {'loss':>7s} | {'perplexity':>10s} |",
-             f"|{'-' * 42}|{'-' * 10}:|{'-' * 13}:|{'-' * 8}:|{'-' * 11}:|"]
+             f"|{'-' * 42}|{'-' * 9}:|{'-' * 13}:|{'-' * 8}:|{'-' * 11}:|"]
     for r in rows:
         tokens = f"{r['train_tokens']:,}" if r.get("train_tokens") else "-"
         lines.append(f"| {r['model']:40s} | {r['params'] / 1e6:7.1f}M | {tokens:>12s} | {r['loss']:7.4f} | "
