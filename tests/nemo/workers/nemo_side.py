@@ -89,6 +89,16 @@ def main(nemo2: Path, nemo1: Path, out: Path) -> None:
     import torch
     from nemo.export.utils.model_loader import load_model_weights
 
+    if nemo1.is_file():
+        # NeMo 2.7.3's tar reader (TarFileSystemReader) hands a TarPath to torch 2.13's FileSystem.concat_path,
+        # which calls Path() on it (TypeError): NeMo reads the weights of the extracted archive instead
+        import tarfile
+        import tempfile
+
+        extracted = Path(tempfile.mkdtemp(dir=out.parent))
+        with tarfile.open(nemo1) as tar:
+            tar.extractall(extracted, filter="data")
+        nemo1 = extracted
     weights = load_model_weights(str(nemo1))
     torch.save({k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}, out.with_suffix(".pt"))
     out.write_text(json.dumps(result))
