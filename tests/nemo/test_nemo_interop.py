@@ -66,9 +66,10 @@ def test_nemo_reads_our_nemo2_context_and_nemo1_file(world, tmp_path):
     assert seen_keys == set(nemo_weights), set(nemo_weights) ^ seen_keys
 
 
-#: our tiny HF kind -> the NeMo family whose HF importer writes it (qwen3_hd128: NeMo's importer ignores head_dim)
-NEMO_IMPORTS = {"llama": "llama", "llama_tied": "llama", "qwen2": "qwen2", "qwen3_hd128": "qwen3",
-                "mistral": "mistral"}
+#: our tiny HF kind -> (the NeMo family whose HF importer writes it, config fields changed). Qwen3 with head_dim
+#: 128 as every released Qwen3: NeMo 2.7.3's Qwen3 importer ignores HF's head_dim (its kv_channels default is 128).
+NEMO_IMPORTS = {"llama": ("llama", {}), "llama_tied": ("llama", {}), "qwen2": ("qwen2", {}),
+                "qwen3": ("qwen3", {"head_dim": 128}), "mistral": ("mistral", {})}
 
 
 @pytest.mark.timeout(1500)
@@ -81,8 +82,9 @@ def test_checkpoints_nemo_writes_convert_to_hf_exactly(world, tmp_path):
 
     from nemo_minitron.interop.convert import convert
 
-    sources = {kind: make_hf_model(kind, tmp_path / "hf" / kind) for kind in NEMO_IMPORTS}
-    jobs = [a for kind, family in NEMO_IMPORTS.items() for a in (family, tmp_path / "hf" / kind, tmp_path / kind)]
+    sources = {kind: make_hf_model(kind, tmp_path / "hf" / kind, **config)
+               for kind, (_, config) in NEMO_IMPORTS.items()}
+    jobs = [a for kind, (family, _) in NEMO_IMPORTS.items() for a in (family, tmp_path / "hf" / kind, tmp_path / kind)]
     run = subprocess.run([sys.executable, str(IMPORTER), *map(str, jobs)], env=ENV, capture_output=True, text=True,
                          timeout=1400)
     assert run.returncode == 0, run.stderr[-4000:]

@@ -31,8 +31,6 @@ KINDS = {
     "qwen2": ("Qwen2Config", dict(_BASE, rope_theta=1000000.0)),
     # Qwen3: qk-norm, explicit head_dim
     "qwen3": ("Qwen3Config", dict(_BASE, head_dim=16)),
-    # Qwen3 with head_dim 128, as every released Qwen3: NeMo 2.7.3's HF importer ignores head_dim (kv_channels 128)
-    "qwen3_hd128": ("Qwen3Config", dict(_BASE, head_dim=128)),
     # a hand-built pruned shape: hidden 48, ffn 72 (odd multiple), 6 heads / 2 groups, head_dim 20, 3 layers
     "pruned": ("LlamaConfig", dict(_BASE, hidden_size=48, intermediate_size=72, num_attention_heads=6,
                                    num_key_value_heads=2, head_dim=20, num_hidden_layers=3)),
@@ -51,13 +49,15 @@ def make_tokenizer(directory: Path) -> None:
     fast.save_pretrained(str(directory))
 
 
-def make_hf_model(kind: str, directory: Path, seed: int = 0, max_shard_size: str = "5GB"):
-    """Create, randomise (norms and biases too) and save a tiny transformers model; return it (fp32, eval)."""
+def make_hf_model(kind: str, directory: Path, seed: int = 0, max_shard_size: str = "5GB", **config):
+    """Create, randomise (norms and biases too) and save a tiny transformers model; return it (fp32, eval).
+
+    ``config``: config fields that replace the kind's."""
     import transformers
     from transformers import AutoModelForCausalLM
 
     cls_name, kwargs = KINDS[kind]
-    cfg = getattr(transformers, cls_name)(**kwargs, bos_token_id=1, eos_token_id=2)
+    cfg = getattr(transformers, cls_name)(**(kwargs | config), bos_token_id=1, eos_token_id=2)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg).float().eval()
     with torch.no_grad():

@@ -85,17 +85,21 @@ def main(nemo2: Path, nemo1: Path, out: Path) -> None:
     result["nemo1_config"] = {k: unpacked.model_config.get(k) for k in (
         "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
         "activation", "normalization", "bias", "share_embeddings_and_output_weights", "mcore_gpt")}
-    # the weights as NeMo's TensorRT-LLM export reads them (megatron's torch_dist reader over model_weights/);
-    # that reader cannot read inside the tar (TypeError on its TarPath): it gets the extracted archive
-    import tarfile
-
+    # the weights as NeMo's TensorRT-LLM export reads them (megatron's torch_dist reader over model_weights/)
     import torch
     from nemo.export.utils.model_loader import load_model_weights
 
-    extracted = out.parent / "nemo1_extracted"
-    with tarfile.open(nemo1) as tar:
-        tar.extractall(extracted, filter="data")
-    weights = load_model_weights(str(extracted))
+    if nemo1.is_file():
+        # NeMo 2.7.3's tar reader (TarFileSystemReader) hands a TarPath to torch 2.13's FileSystem.concat_path,
+        # which calls Path() on it (TypeError): NeMo reads the weights of the extracted archive instead
+        import tarfile
+        import tempfile
+
+        extracted = Path(tempfile.mkdtemp(dir=out.parent))
+        with tarfile.open(nemo1) as tar:
+            tar.extractall(extracted, filter="data")
+        nemo1 = extracted
+    weights = load_model_weights(str(nemo1))
     torch.save({k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}, out.with_suffix(".pt"))
     out.write_text(json.dumps(result))
 
