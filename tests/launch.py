@@ -90,6 +90,15 @@ def descendants(pid: int) -> set[int]:
     return out
 
 
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def kill_job(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """SIGKILL a job started in its own session: its process group and every descendant (workers in other sessions)."""
     victims = descendants(proc.pid)

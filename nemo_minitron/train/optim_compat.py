@@ -84,38 +84,35 @@ def _distributed_optimizers(optimizer) -> list:
     return [opt for opt in parts if isinstance(opt, DistributedOptimizer)]
 
 
+def _bucket_entries(tree, marker: str):
+    """The dicts holding ``marker`` (one per parameter bucket entry) anywhere in a nested state ``tree``."""
+    if isinstance(tree, dict):
+        if marker in tree:
+            yield tree
+            return
+        children = tree.values()
+    elif isinstance(tree, (list, tuple)):
+        children = tree
+    else:
+        return
+    for child in children:
+        yield from _bucket_entries(child, marker)
+
+
 def _add_local_steps(tree, step: torch.Tensor) -> None:
     """Give every non-padding bucket entry of a ``dp_reshardable`` state a local, unsaved ``step``."""
     from megatron.core.dist_checkpointing.mapping import LocalNonpersistentObject
 
-    if isinstance(tree, dict):
-        if "padding" in tree:
-            padding = tree["padding"]
-            if not (padding.unwrap() if isinstance(padding, LocalNonpersistentObject) else padding):
-                tree["step"] = LocalNonpersistentObject(step.clone())
-            return
-        children = tree.values()
-    elif isinstance(tree, (list, tuple)):
-        children = tree
-    else:
-        return
-    for child in children:
-        _add_local_steps(child, step)
+    for entry in _bucket_entries(tree, "padding"):
+        padding = entry["padding"]
+        if not (padding.unwrap() if isinstance(padding, LocalNonpersistentObject) else padding):
+            entry["step"] = LocalNonpersistentObject(step.clone())
 
 
 def _strip_steps(tree) -> None:
     """Drop ``step`` from every bucket entry (a fresh dict per parameter) of a dp_reshardable state."""
-    if isinstance(tree, dict):
-        if "gbuf_local_start" in tree:
-            tree.pop("step", None)
-            return
-        children = tree.values()
-    elif isinstance(tree, (list, tuple)):
-        children = tree
-    else:
-        return
-    for child in children:
-        _strip_steps(child)
+    for entry in _bucket_entries(tree, "gbuf_local_start"):
+        entry.pop("step", None)
 
 
 def distopt_sharded_state_dict(optimizer, model_sharded_state_dict: dict, is_loading: bool, metadata: dict) -> dict:

@@ -6,29 +6,16 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from tests.fixtures import corpus as C
 from tests.launch import REPO
+from tests.recipe.common import tiny_teacher
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO),
            PYTHONWARNINGS="ignore")
 
 
 def test_demo_pipeline_on_a_tiny_teacher(world, tmp_path):
-    from nemo_minitron.checkpoint import save_checkpoint
-    from nemo_minitron.models.builder import build_gpt_model
-    from nemo_minitron.runtime import seed_everything
-    from tests.workers.distill_common import tiny
-
-    wt = C.write_wikitext_dir(tmp_path / "wt", 40, 6, 4, seed=3)
-    tok = C.train_bpe_tokenizer([C.wikitext_text(C.make_articles(50, seed=3))], tmp_path / "tok", vocab_size=320)
-    cfg = tiny(vocab_size=320)
-    seed_everything(2)
-    model = build_gpt_model(cfg)
-    with torch.no_grad():
-        model.output_layer.weight.mul_(10.0)
-    save_checkpoint(model, cfg, tmp_path / "teacher", tokenizer_dir=tok)
+    wt, tok = tiny_teacher(tmp_path)
     cmd = [sys.executable, str(REPO / "examples" / "minitron_demo.py"), f"work_dir={tmp_path}/work",
            f"teacher={tmp_path}/teacher", f"corpus_dir={wt}", "prune.ffn_hidden_size=64", "prune.num_calib_size=8",
            "prune.calib_seq_length=32", "prune.num_val_samples=4", "seq_length=32", "correction.steps=2",

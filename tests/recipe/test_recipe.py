@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.fixtures import corpus as C
 from tests.launch import REPO
+from tests.recipe.common import tiny_teacher
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO),
            PYTHONWARNINGS="ignore", NEMO_MINITRON_NO_PROGRESS="1")
@@ -22,21 +21,10 @@ CALIB = "num_calib_size: 8, calib_seq_length: 32, calib_batch_size: 4, num_val_s
 
 def _setup(tmp_path: Path) -> list[str]:
     from nemo_minitron import runtime
-    from nemo_minitron.checkpoint import save_checkpoint
     from nemo_minitron.data.preprocess import preprocess_corpus
-    from nemo_minitron.models.builder import build_gpt_model
-    from nemo_minitron.runtime import seed_everything
-    from tests.workers.distill_common import tiny
 
     runtime.init_model_parallel(1, 1, seed=1)
-    wt = C.write_wikitext_dir(tmp_path / "wt", 40, 6, 4, seed=3)
-    tok = C.train_bpe_tokenizer([C.wikitext_text(C.make_articles(50, seed=3))], tmp_path / "tok", vocab_size=320)
-    cfg = tiny(vocab_size=320)
-    seed_everything(2)
-    model = build_gpt_model(cfg)
-    with torch.no_grad():
-        model.output_layer.weight.mul_(10.0)
-    save_checkpoint(model, cfg, tmp_path / "teacher", tokenizer_dir=tok)
+    wt, tok = tiny_teacher(tmp_path)
     preprocess_corpus(wt, tok, tmp_path / "data" / "wiki", workers=1, progress=False)
     data = tmp_path / "data"
     stages = (f"stages=[{{name: mlp, prune: {{ffn_hidden_size: 64, {CALIB}}}, "

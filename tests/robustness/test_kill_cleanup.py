@@ -16,18 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.launch import alive as _alive
 from tests.launch import descendants as _children
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _wait_gone(pids, timeout=20.0) -> set[int]:

@@ -9,16 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.launch import REPO, descendants, kill_job, torchrun, torchrun_command
+from tests.launch import alive as _alive
 
 SLEEPER = REPO / "tests" / "workers" / "sleeper.py"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _wait_for_pids(directory: Path, n: int, proc: subprocess.Popen, timeout: float = 180) -> list[int]:
