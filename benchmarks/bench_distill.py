@@ -2,10 +2,11 @@
 
     OMP_NUM_THREADS=2 python benchmarks/bench_distill.py [--steps 6] [--hidden 256] [--seq 256]
     OMP_NUM_THREADS=2 python benchmarks/bench_distill.py --preset smollm2   # SmolLM2-135M teacher, pruned student
+    OMP_NUM_THREADS=2 python benchmarks/bench_distill.py --tp 2             # TP=2: two ranks (gloo), 1 thread each
 
 Prints, for the same student, teacher and batches:
   * KD step time / (student LM-loss training step + teacher forward)   (goal <= 1.05)
-  * peak resident-memory growth of a KD run and of an LM-only run (separate child processes, same sizes)
+  * peak resident-memory growth of a KD run and of an LM-only run (separate child processes, same sizes; TP=1)
 Timings alternate KD / LM / teacher-forward repetitions so drift on a shared CPU hits all of them alike;
 medians are reported.
 """
@@ -13,6 +14,7 @@ medians are reported.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,12 +28,20 @@ sys.path.insert(0, str(REPO))
 
 
 def _models(args):
+    student, teacher = _shapes(args)
+    return (student.replace(tensor_model_parallel_size=args.tp), teacher.replace(tensor_model_parallel_size=args.tp))
+
+
+def _shapes(args):
     from tests.workers.distill_common import tiny
 
     if args.preset == "smollm2":  # SmolLM2-135M's shape and a width-pruned student (random weights)
-        teacher = tiny(num_layers=30, hidden_size=576, ffn_hidden_size=1536, num_attention_heads=9,
-                       num_query_groups=3, vocab_size=49152, max_position_embeddings=max(2048, args.seq))
-        student = teacher.replace(hidden_size=384, ffn_hidden_size=1024, num_attention_heads=6, num_query_groups=3)
+        # 9 heads / 3 groups do not split over TP=2: there the same widths get 12 / 4 heads of 48 channels
+        heads, groups = (9, 3) if 3 % args.tp == 0 else (12, 4)
+        teacher = tiny(num_layers=30, hidden_size=576, ffn_hidden_size=1536, num_attention_heads=heads,
+                       num_query_groups=groups, vocab_size=49152, max_position_embeddings=max(2048, args.seq))
+        student = teacher.replace(hidden_size=384, ffn_hidden_size=1024, num_attention_heads=heads * 2 // 3,
+                                  num_query_groups=groups)
         return student, teacher
     student = tiny(num_layers=args.student_layers, hidden_size=args.hidden, ffn_hidden_size=4 * args.hidden,
                    num_attention_heads=8, num_query_groups=4, vocab_size=args.vocab, max_position_embeddings=args.seq)
@@ -81,15 +91,36 @@ def child(args):
     print("RESULT " + json.dumps({"peak_mib": (peak[0] - base) / 2**20}), flush=True)
 
 
+def _relaunch_tensor_parallel(args) -> int:
+    """Run this benchmark as ``args.tp`` torchrun ranks sharing the machine's threads; return the exit code."""
+    from tests.launch import kill_job, torchrun_command
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
+    cmd, env = torchrun_command(Path(__file__), args.tp, sys.argv[1:],
+                                env={"OMP_NUM_THREADS": str(max(1, threads // args.tp))})
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, start_new_session=True)
+    try:
+        return proc.wait()
+    except BaseException:
+        kill_job(proc)
+        raise
+
+
 def main(args):
     import torch
+    import torch.distributed as dist
 
     from nemo_minitron import runtime
     from tests.workers.distill_common import make_checkpoint
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    ctx = runtime.init_model_parallel(1, 1, seed=1)
-    work = Path(tempfile.mkdtemp(prefix="bench_distill_"))
+    ctx = runtime.init_model_parallel(args.tp, 1, seed=1)
+    rank0 = ctx.rank == 0
+    work = Path(tempfile.mkdtemp(prefix="bench_distill_")) if rank0 else None
+    if args.tp > 1:  # one work directory for all ranks
+        box = [str(work) if rank0 else None]
+        dist.broadcast_object_list(box, src=0)
+        work = Path(box[0])
     student_cfg, teacher_cfg = _models(args)
     make_checkpoint(teacher_cfg, work / "teacher", seed=3, output_scale=10.0)
     make_checkpoint(student_cfg, work / "student", seed=5)
@@ -105,22 +136,32 @@ def main(args):
     for i, b in enumerate(batches):
         for name, fn in (("kd", lambda: kd.train_step([b])), ("lm", lambda: lm.train_step([b])),
                          ("teacher", lambda: teacher_fwd(b))):
+            if args.tp > 1:
+                dist.barrier()
             t0 = time.perf_counter()
             fn()
+            if args.tp > 1:
+                dist.barrier()
             if i >= 2:  # warm-up
                 times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     ratio = med["kd"] / (med["lm"] + med["teacher"])
     ratio_best = best["kd"] / (best["lm"] + best["teacher"])  # least disturbed by other load on a shared CPU
-    mem = {}
-    for mode in ("finetune", "distill"):
+    mem = {"finetune": float("nan"), "distill": float("nan")}
+    for mode in ("finetune", "distill") if args.tp == 1 else ():
         out = subprocess.run([sys.executable, __file__, "--child", mode, "--work", str(work), *sys.argv[1:]],
                              capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         mem[mode] = json.loads(line[0][7:])["peak_mib"] if line else float("nan")
     tokens = args.mbs * args.seq
-    print(f"\nstudent {student_cfg.num_layers}x{student_cfg.hidden_size}, teacher {teacher_cfg.num_layers}x"
+    if args.tp > 1:
+        dist.barrier()
+    if not rank0:
+        runtime.shutdown()
+        return
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"\nTP={args.tp}: student {student_cfg.num_layers}x{student_cfg.hidden_size}, teacher {teacher_cfg.num_layers}x"
           f"{teacher_cfg.hidden_size}, vocab {student_cfg.vocab_size}, {args.mbs}x{args.seq} tokens/step, "
           f"{torch.get_num_threads()} threads, {args.steps} timed steps (median)")
     print(f"{'LM-only student step':34s} {med['lm'] * 1e3:9.1f} ms  ({tokens / med['lm']:8.0f} tokens/s)")
@@ -144,7 +185,13 @@ if __name__ == "__main__":
     p.add_argument("--mbs", type=int, default=4)
     p.add_argument("--preset", choices=["default", "smollm2"], default="default",
                    help="smollm2: SmolLM2-135M-shaped teacher (30x576, vocab 49152) and a 30x384 student")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (relaunched with torchrun; gloo)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
-    child(a) if a.child else main(a)
+    if a.child:
+        child(a)
+    elif a.tp > 1 and "RANK" not in os.environ:
+        sys.exit(_relaunch_tensor_parallel(a))
+    else:
+        main(a)
