@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from nemo_minitron import cpu_compat
+from nemo_minitron import cpu_allocator, cpu_compat
 from nemo_minitron.logging import get_logger
 
 log = get_logger(__name__)
@@ -205,6 +205,7 @@ def init_distributed(timeout_minutes: int = 30, backend: Optional[str] = None) -
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
     else:
         cpu_compat.activate()
+        cpu_allocator.tune()
         os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
     if dist.is_initialized():
         return env

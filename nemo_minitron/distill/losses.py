@@ -93,8 +93,20 @@ def _global_log_softmax(z: torch.Tensor, group) -> torch.Tensor:
     return z - sum_exp.log()
 
 
-#: Elements of one fp32 chunk buffer of the chunked KL (rows = this // local vocabulary size): 32 MiB.
-KL_CHUNK_ELEMENTS = 1 << 23
+#: Elements of one fp32 chunk buffer of the chunked KL (rows = this // local vocabulary size), by device
+#: type. On a CPU the three buffers of a chunk (1 MiB each) stay in cache, so the dozen passes over a
+#: chunk cost cache rather than memory bandwidth (about 2x faster than 32 MiB chunks on 2 cores,
+#: ``benchmarks/bench_distill.py``); on a GPU fewer, larger chunks keep the kernel count low.
+KL_CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 25}
+
+#: Fewest rows per chunk with the default chunk size (a huge vocabulary gets larger buffers, not 1-row chunks).
+KL_CHUNK_MIN_ROWS = 8
+
+
+def kl_chunk_elements(device: torch.device, vocab: int) -> int:
+    """Default chunk buffer size of the chunked KL for ``vocab`` local logits per row on ``device``."""
+    base = KL_CHUNK_ELEMENTS.get(device.type, KL_CHUNK_ELEMENTS["cuda"])
+    return max(base, KL_CHUNK_MIN_ROWS * vocab)
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -125,19 +137,20 @@ class _VocabParallelKL(torch.autograd.Function):
         a, b, c = (torch.empty(rows, vocab, dtype=torch.float32, device=zs.device) for _ in range(3))
         out = torch.empty(n, dtype=torch.float32, device=zs.device)
         grad = torch.empty_like(s_all) if ctx.needs_input_grad[0] else None
+        direct = grad is not None and grad.dtype == torch.float32  # write the gradient without a copy
         for lo in range(0, n, rows):
             m = min(n, lo + rows) - lo
             sa, sb, sc = a[:m], b[:m], c[:m]
-            sa.copy_(s_all[lo:lo + m])
-            sb.copy_(t_all[lo:lo + m])
+            src_s, src_t = s_all[lo:lo + m], t_all[lo:lo + m]
+            # max(z / T) = max(z) / T for T > 0: shift straight from the source rows into the buffers
+            maxes = torch.stack([src_s.amax(-1), src_t.amax(-1)]).float()
+            if group is not None:
+                dist.all_reduce(maxes, op=dist.ReduceOp.MAX, group=group)
+            torch.sub(src_s, maxes[0].unsqueeze(-1), out=sa)
+            torch.sub(src_t, maxes[1].unsqueeze(-1), out=sb)
             if temperature != 1.0:
                 sa.mul_(inv_t)
                 sb.mul_(inv_t)
-            maxes = torch.stack([sa.amax(-1), sb.amax(-1)])
-            if group is not None:
-                dist.all_reduce(maxes, op=dist.ReduceOp.MAX, group=group)
-            sa.sub_(maxes[0].unsqueeze(-1))
-            sb.sub_(maxes[1].unsqueeze(-1))
             if reverse:  # KL(q||p) = sum e_s (s - t) / Z_s + log Z_t - log Z_s
                 torch.exp(sa, out=sc)  # e_s
                 sa.sub_(sb)  # s - t
@@ -158,13 +171,16 @@ class _VocabParallelKL(torch.autograd.Function):
             out[lo:lo + m] = kl
             if grad is None:
                 continue
-            if reverse:  # q_v (log q_v - log p_v - KL), log q - log p = (s - t) - log Z_s + log Z_t
-                g = sc.div_(z_s.unsqueeze(-1)).mul_(sa.sub_((log_zs - log_zt + kl).unsqueeze(-1)))
-            else:  # q - p
-                g = sa.div_(z_s.unsqueeze(-1)).sub_(sc.div_(z_t.unsqueeze(-1)))
-            if temperature != 1.0:
-                g.mul_(inv_t)
-            grad[lo:lo + m] = g
+            dst = grad[lo:lo + m] if direct else sa
+            if reverse:  # q_v (log q_v - log p_v - KL) / T, log q - log p = (s - t) - log Z_s + log Z_t
+                sa.sub_((log_zs - log_zt + kl).unsqueeze(-1))
+                torch.mul(sc, sa, out=dst)
+                dst.mul_((inv_t / z_s).unsqueeze(-1))
+            else:  # (q - p) / T = e_s / (T Z_s) - e_t / (T Z_t)
+                torch.mul(sa, (inv_t / z_s).unsqueeze(-1), out=dst)
+                dst.addcmul_(sc, (-inv_t / z_t).unsqueeze(-1))
+            if not direct:
+                grad[lo:lo + m] = dst
         if grad is not None:
             ctx.save_for_backward(grad)
         ctx.in_shape = zs.shape
@@ -199,7 +215,7 @@ def vocab_parallel_logit_kl(
     reverse: bool = False,
     scale_by_t2: bool = False,
     top_k: Optional[int] = None,
-    chunk_elements: int = KL_CHUNK_ELEMENTS,
+    chunk_elements: Optional[int] = None,
 ) -> torch.Tensor:
     """:func:`logit_kl` on vocab-parallel shards ``[..., V / tp]``; equal on every rank to the dense value.
 
@@ -208,8 +224,8 @@ def vocab_parallel_logit_kl(
     ``ColumnParallelLinear`` output layer produces. The gradient w.r.t. the local student shard is
     exact when each rank back-propagates its own (identical) copy of the loss. Without top-k the KL is
     computed a chunk of rows at a time (:class:`_VocabParallelKL`, ``chunk_elements`` values per
-    buffer): no full-vocabulary fp32 temporaries; the one full-size buffer kept for backward is the
-    gradient itself.
+    buffer, default :func:`kl_chunk_elements` of the logits' device): no full-vocabulary fp32
+    temporaries; the one full-size buffer kept for backward is the gradient itself.
     """
     if tp_group is not None and dist.get_world_size(tp_group) == 1:
         tp_group = None
@@ -218,7 +234,8 @@ def vocab_parallel_logit_kl(
     _check_temperature(temperature)
     if top_k is None:
         loss = _VocabParallelKL.apply(student_logits, teacher_logits.detach(), float(temperature), reverse, tp_group,
-                                      int(chunk_elements))
+                                      int(chunk_elements or kl_chunk_elements(student_logits.device,
+                                                                                 student_logits.shape[-1])))
     else:
         zs = student_logits.float() / temperature
         zt = teacher_logits.detach().float() / temperature
