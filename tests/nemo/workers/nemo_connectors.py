@@ -1,7 +1,8 @@
 """Our ``minitron://`` importer as a NeMo user runs it, in its own process:
-``python nemo_connectors.py TOKENS_PT OUT_JSON FAMILY CKPT NEMO2_OUT [FAMILY CKPT NEMO2_OUT ...]``.
+``python nemo_connectors.py TOKENS_PT OUT_JSON HF_FAMILY HF_DIR HF_OUT FAMILY CKPT NEMO2_OUT [FAMILY CKPT NEMO2_OUT ...]``.
 
-For each job: ``llm.import_ckpt(model=<FAMILY's model class>(<a placeholder config>), source="minitron://CKPT",
+NeMo's own HF importer writes HF_DIR as the NeMo 2 checkpoint HF_OUT (``llm.import_ckpt(source="hf://...")``), which
+``llm.export_ckpt(target="minitron")`` turns into our checkpoint ``HF_OUT.minitron``. For each other job: ``llm.import_ckpt(model=<FAMILY's model class>(<a placeholder config>), source="minitron://CKPT",
 output_path=NEMO2_OUT)``, then NeMo loads NEMO2_OUT (``llm.export_ckpt(target="hf")``: its ``io.json`` reader,
 model class and dist-ckpt loader, then its HF exporter into ``NEMO2_OUT.hf``) and the model it loaded runs a
 forward on TOKENS_PT (fp32 logits to ``NEMO2_OUT.nemo_logits.pt``); then ``llm.export_ckpt(target="minitron")``
@@ -40,6 +41,11 @@ def main(tokens_pt: Path, out_json: Path, jobs: list[str]) -> None:
     nemo_plugin.register()
     tokens = torch.load(tokens_pt, weights_only=True)
     seen = {"classes": {}}
+    from tests.nemo.workers.nemo_import import import_hf
+
+    import_hf(jobs[0], Path(jobs[1]), Path(jobs[2]))
+    llm.export_ckpt(path=Path(jobs[2]), target="minitron", output_path=Path(jobs[2] + ".minitron"))
+    jobs = jobs[3:]
     for family, ckpt, out in zip(jobs[::3], jobs[1::3], map(Path, jobs[2::3])):
         written = llm.import_ckpt(model=placeholder(family), source=f"minitron://{ckpt}", output_path=out)
         assert Path(written) == out, (written, out)
