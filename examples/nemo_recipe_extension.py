@@ -58,7 +58,8 @@ def main(argv=None) -> int:
                                                              num_attention_heads=1))
     run.run(run.Partial(llm.import_ckpt, model=placeholder, source=f"minitron://{pruned.absolute()}",
                         output_path=pruned_nemo2), direct=True)
-    config = io.load_context(pruned_nemo2 / "context", subpath="model.config")
+    # NeMo's reading of the new checkpoint's context (not built: NeMo's Llama configs ask for TE's fused RoPE)
+    config = io.load_context(pruned_nemo2 / "context", subpath="model.config", build=False)
     # 3. NeMo's distillation recipe with our KD settings
     recipe = factories.minitron_distill_recipe(str(pruned_nemo2), str(teacher), overrides=args.distill,
                                                data_paths=args.data_paths, dir=str(work / "distill"))
@@ -66,8 +67,8 @@ def main(argv=None) -> int:
         run.run(recipe, direct=True)
     else:
         run.dryrun_fn(recipe)
-    print(json.dumps({"pruned": str(pruned), "pruned_nemo2": str(pruned_nemo2), "nemo_model_class":
-                      type(config).__name__, **{k: getattr(config, k) for k in (
+    print(json.dumps({"pruned": str(pruned), "pruned_nemo2": str(pruned_nemo2), "nemo_config_class":
+                      config.__fn_or_cls__.__name__, **{k: getattr(config, k) for k in (
                           "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                           "kv_channels")}, "distill_recipe": recipe.__fn_or_cls__.__name__}))
     return 0

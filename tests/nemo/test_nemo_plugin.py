@@ -95,3 +95,34 @@ def test_minitron_recipe_factories(tmp_path):
     assert seen["prune"] == {"fn": "prune", "targets": {"target_hidden_size": 32, "target_num_layers": 1}}
     assert seen["prune_refused"].startswith("ConfigError: prune.target_params=1000 has no counterpart")
     assert seen["distill_refused"].startswith("ConfigError: kd.temperature=2.0 has no counterpart")
+
+
+@pytest.mark.timeout(900)
+def test_recipe_extension_example(world, tmp_path):
+    """examples/nemo_recipe_extension.py on a tiny NeMo 2 checkpoint (the pruned shape, head_dim 20): our pruning
+    stage, ``minitron://`` back into NeMo (NeMo reads the pruned shape from its context) and NeMo's distillation
+    recipe as a dry run; the NeMo 2 checkpoint it wrote computes what our pruned checkpoint computes."""
+    import torch
+
+    from nemo_minitron.interop.convert import convert
+
+    make_hf_model("pruned", tmp_path / "hf")
+    teacher = convert(tmp_path / "hf", "hf", tmp_path / "teacher", "nemo2")
+    torch.manual_seed(0)
+    tokens = torch.randint(3, 128, (48, 16))
+    torch.save({"tokens": tokens, "mask": torch.ones_like(tokens)}, tmp_path / "calib.pt")
+    prune = (f"prune.ffn_hidden_size=36 prune.calib_data={tmp_path / 'calib.pt'} prune.num_calib_size=8 "
+             "prune.calib_seq_length=16 prune.plot=false")
+    run = subprocess.run([sys.executable, str(REPO / "examples" / "nemo_recipe_extension.py"), "--nemo-checkpoint",
+                          str(teacher), "--work-dir", str(tmp_path / "work"), "--prune", prune, "--distill",
+                          "trainer.max_steps=4 model.global_batch_size=2 model.encoder_seq_length=16"], env=ENV,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=800)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["nemo_config_class"] == "LlamaConfig" and seen["distill_recipe"] == "distill"
+    shape = {"num_layers": 3, "hidden_size": 48, "ffn_hidden_size": 36, "num_attention_heads": 6,
+             "num_query_groups": 2, "kv_channels": 20}
+    assert {k: seen[k] for k in shape} == shape
+    assert "Dry run for task nemo.collections.llm.api:distill" in " ".join(run.stdout.split())
+    back = convert(seen["pruned_nemo2"], "nemo2", tmp_path / "back", "megatron")
+    close(megatron_logits(back), megatron_logits(Path(seen["pruned"])), "the pruned NeMo 2 checkpoint")
