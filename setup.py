@@ -18,6 +18,6 @@ setup(
     # hydra_plugins is a namespace package shared with other Hydra plugins: no __init__.py of ours at its top
     + find_namespace_packages(include=["hydra_plugins.*"]),
     package_dir={"nemo_minitron.conf": "conf"},
-    package_data={"nemo_minitron.conf": ["*.yaml", "**/*.yaml"]},
+    package_data={"nemo_minitron.conf": ["*.yaml", "**/*.yaml"], "nemo_minitron.nemo_plugin": ["*.yaml"]},
     include_package_data=True,
 )

@@ -158,6 +158,10 @@ def model_config_from_nemo2(model_yaml: dict[str, Any], vocab_size: Optional[int
         return c[key]
 
     heads = req("num_attention_heads")
+    window = c.get("window_size")
+    if window is not None and not (isinstance(window, (list, tuple)) and all(w in (-1, 0, None) for w in window)):
+        log.warning("context config.window_size=%s is ignored: the megatron model attends to the full context",
+                    window)
     # Llama-3.1/3.2 configs carry the RoPE scaling as scale_factor (+ low/high_freq_factor, old_context_len)
     scaled = "Llama31" in target or "Llama32" in target or c.get("scale_factor") is not None
     for key, want in (("low_freq_factor", 1.0), ("high_freq_factor", 4.0), ("old_context_len", 8192)):
@@ -184,10 +188,40 @@ def model_config_from_nemo2(model_yaml: dict[str, Any], vocab_size: Optional[int
     ).validate()
 
 
-def model_yaml_from_config(cfg: ModelConfig) -> dict[str, Any]:
-    """``context/model.yaml`` content (NeMo's field names) for ``cfg``."""
-    family = "qwen3" if cfg.qk_layernorm else "qwen2" if cfg.add_qkv_bias else "llama31" if cfg.rope_scaling else "llama"
-    model_cls, cfg_cls = _MODEL_CLASSES[family]
+#: the NeMo model families a checkpoint can be written as (``nemo_family`` of the NeMo 2 writers)
+NEMO_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def nemo_family_of(cfg: ModelConfig) -> str:
+    """The NeMo family that represents ``cfg`` by default: qwen3 (qk-norm), qwen2 (QKV bias) or llama."""
+    return "qwen3" if cfg.qk_layernorm else "qwen2" if cfg.add_qkv_bias else "llama"
+
+
+def nemo_family_problem(cfg: ModelConfig, family: str) -> Optional[str]:
+    """Why NeMo's ``family`` model class cannot compute the network ``cfg`` describes; None when it can."""
+    if family not in NEMO_FAMILIES:
+        return f"{family!r} is not one of {list(NEMO_FAMILIES)}"
+    fits = nemo_family_of(cfg)
+    if family == "mistral" and cfg.rope_scaling:
+        return "the checkpoint uses Llama-3.1 RoPE scaling, which NeMo's Mistral config does not apply"
+    if family == fits or (family == "mistral" and fits == "llama"):
+        return None
+    why = {"qwen3": "QK layer norm", "qwen2": "QKV bias", "llama": "neither QKV bias nor QK layer norm"}[fits]
+    return f"the checkpoint has {why}, which NeMo's {family} model class does not compute"
+
+
+def check_nemo_family(cfg: ModelConfig, family: str) -> None:
+    """Raise :class:`ConfigError` unless NeMo's ``family`` model class computes the network ``cfg`` describes."""
+    problem = nemo_family_problem(cfg, family)
+    if problem:
+        raise ConfigError(f"nemo_family={family}: {problem}; use nemo_family={nemo_family_of(cfg)}")
+
+
+def model_yaml_from_config(cfg: ModelConfig, family: Optional[str] = None) -> dict[str, Any]:
+    """``context/model.yaml`` content (NeMo's field names) for ``cfg`` as NeMo's ``family`` model (default: auto)."""
+    family = family or nemo_family_of(cfg)
+    check_nemo_family(cfg, family)
+    model_cls, cfg_cls = _MODEL_CLASSES["llama31" if family == "llama" and cfg.rope_scaling else family]
     conf: dict[str, Any] = {
         "_target_": cfg_cls, "num_layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
         "ffn_hidden_size": cfg.ffn_hidden_size, "num_attention_heads": cfg.num_attention_heads,
@@ -203,21 +237,25 @@ def model_yaml_from_config(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.rope_scaling:
         conf.update(scale_factor=cfg.rope_scaling_factor, low_freq_factor=1.0, high_freq_factor=4.0,
                     old_context_len=8192)
+    if family == "mistral":  # MistralConfig7B defaults to a 4096-token sliding window: full attention here
+        conf["window_size"] = None
     return {"_target_": model_cls, "config": conf,
             "tokenizer": {"_target_": TOKENIZER_TARGET, "pretrained_model_name": TOKENIZER_NAME}}
 
 
-def io_json_from_config(cfg: ModelConfig, with_tokenizer: bool = True) -> str:
-    """``context/io.json`` for ``cfg``: the fiddle JSON NeMo loads.
+def io_json_from_config(cfg: ModelConfig, with_tokenizer: bool = True, family: Optional[str] = None) -> str:
+    """``context/io.json`` for ``cfg`` as NeMo's ``family`` model (default: auto): the fiddle JSON NeMo loads.
 
     ``TrainerContext(model=<Model>(config=<Config>(...), tokenizer=AutoTokenizer(...)), trainer=Trainer(),
     extra={})``, the same content as :func:`model_yaml_from_config`.
     """
     from nemo_minitron.interop.fiddle_json import Call, PyRef, dumps
 
-    spec = model_yaml_from_config(cfg)
+    spec = model_yaml_from_config(cfg, family)
     conf = {k: v for k, v in spec["config"].items() if k != "_target_"}
     conf["activation_func"] = PyRef(conf["activation_func"]["_target_"])
+    if "window_size" in conf:  # MistralConfig7B also defaults params_dtype to bf16: the GPTConfig default (fp32)
+        conf["params_dtype"] = PyRef("torch.float32")
     model_args: dict[str, Any] = {"config": Call(spec["config"]["_target_"], conf)}
     if with_tokenizer:
         model_args["tokenizer"] = Call(TOKENIZER_TARGET, {"pretrained_model_name": TOKENIZER_NAME})
@@ -299,22 +337,31 @@ def _import_nemo2_dir(src: Path, output_ckpt: PathLike, tp: int, pp: int, precis
     return out
 
 
-def export_nemo2(ckpt: PathLike, output_dir: PathLike, *, overwrite: bool = False, transformer_impl: str = "auto"
-                 ) -> Path:
-    """Write megatron checkpoint ``ckpt`` as a NeMo 2 checkpoint directory (collective; atomic)."""
+def export_nemo2(ckpt: PathLike, output_dir: PathLike, *, overwrite: bool = False, transformer_impl: str = "auto",
+                 nemo_family: Optional[str] = None) -> Path:
+    """Write megatron checkpoint ``ckpt`` as a NeMo 2 checkpoint directory (collective; atomic).
+
+    ``nemo_family`` (one of :data:`NEMO_FAMILIES`) picks NeMo's model class; by default the one the
+    architecture implies (:func:`nemo_family_of`). A family that cannot compute the network is refused.
+    """
     from nemo_minitron.interop.hf import load_for_export
 
     t0 = time.perf_counter()
     final = check_output_path(output_dir, overwrite=overwrite, inputs=(ckpt,), markers=("context/model.yaml",))
+    from nemo_minitron.checkpoint import load_model_config
+
+    saved = load_model_config(ckpt)
+    check_nemo_family(saved, nemo_family or nemo_family_of(saved))
     model, cfg, _ = load_for_export(ckpt, transformer_impl=transformer_impl)
     with collective_atomic_dir(final) as tmp:
-        _write_nemo2(model, cfg, ckpt, tmp, final)
+        _write_nemo2(model, cfg, ckpt, tmp, final, nemo_family)
     if is_rank0():
         log.info("exported %s → NeMo 2 directory %s (%.1f s)", ckpt, final, time.perf_counter() - t0)
     return final
 
 
-def _write_nemo2(model, cfg: ModelConfig, ckpt: PathLike, tmp: Path, final: Path) -> None:
+def _write_nemo2(model, cfg: ModelConfig, ckpt: PathLike, tmp: Path, final: Path,
+                 family: Optional[str] = None) -> None:
     """Fill the temporary NeMo 2 directory ``tmp`` (collective)."""
     from megatron.core import dist_checkpointing
 
@@ -328,9 +375,9 @@ def _write_nemo2(model, cfg: ModelConfig, ckpt: PathLike, tmp: Path, final: Path
     if is_rank0():
         ctx = tmp / "context"
         ctx.mkdir()
-        (ctx / "model.yaml").write_text(yaml.safe_dump(model_yaml_from_config(cfg), sort_keys=False))
+        (ctx / "model.yaml").write_text(yaml.safe_dump(model_yaml_from_config(cfg, family), sort_keys=False))
         tok = tokenizer_path(ckpt)
-        (ctx / "io.json").write_text(io_json_from_config(cfg, with_tokenizer=tok is not None))
+        (ctx / "io.json").write_text(io_json_from_config(cfg, tok is not None, family))
         if tok is not None:
             shutil.copytree(tok, ctx / "nemo_tokenizer")
             if (tok / "generation_config.json").is_file():

@@ -4,6 +4,9 @@ Nothing here is imported by the rest of the library, and importing this package 
 
 * :mod:`.cli` – the ``nemo minitron prune|distill`` commands (registered through the ``nemo_run.cli``
   entry-point group in ``pyproject.toml``; needs ``nemo_run``);
+* :mod:`.connectors` – the ``minitron://`` importer / exporter of ``llm.import_ckpt`` / ``llm.export_ckpt``
+  (imports NeMo; registered when imported, by :func:`register`, or by the ``nemo`` command);
+* :mod:`.factories` – NeMo-Run recipe factories for ``nemo llm prune|distill --factory minitron_...``;
 * :func:`compose` – our Hydra recipes as typed configs, for Python callers (a NeMo recipe step).
 """
 
@@ -16,6 +19,11 @@ from typing import Any, Optional, Sequence
 def nemo_available() -> bool:
     """True when NeMo's LLM collection and NeMo-Run can be imported (without importing them)."""
     return all(importlib.util.find_spec(m) is not None for m in ("nemo", "nemo_run"))
+
+
+def register() -> None:
+    """Register our ``minitron://`` importer/exporter and recipe factories with NeMo (imports NeMo; idempotent)."""
+    from nemo_minitron.nemo_plugin import connectors, factories  # noqa: F401 (registration happens on import)
 
 
 def compose(config_name: str, overrides: Optional[Sequence[str]] = None) -> Any:

@@ -7,10 +7,15 @@ Loaded by the ``nemo`` command through the ``nemo_run.cli`` entry-point group; t
 
 ``overrides`` are the recipe's Hydra overrides (the keys of ``conf/megatron_prune.yaml`` and
 ``conf/megatron_distill.yaml``).
+
+When NeMo is installed, loading this module also registers the ``minitron://`` importer/exporter
+(:mod:`.connectors`) and the ``--factory minitron`` recipes of ``nemo llm prune|distill`` (:mod:`.factories`),
+so that every ``nemo`` command (which loads all ``nemo_run.cli`` entry points) has them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Optional
 
 import nemo_run as run
@@ -18,6 +23,8 @@ import nemo_run as run
 from nemo_minitron import nemo_plugin
 
 NAMESPACE = "minitron"
+if importlib.util.find_spec("nemo") is not None:
+    nemo_plugin.register()
 
 
 @run.cli.entrypoint(namespace=NAMESPACE, help="Minitron width/depth pruning of a checkpoint (megatron_prune recipe)")

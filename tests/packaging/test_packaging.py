@@ -27,7 +27,7 @@ def test_wheel_ships_conf_and_finds_it(tmp_path):
     for yaml_file in (REPO / "conf").rglob("*.yaml"):
         assert f"nemo_minitron/conf/{yaml_file.relative_to(REPO / 'conf')}" in names, yaml_file
     assert "hydra_plugins/nemo_minitron_searchpath/__init__.py" in names and "hydra_plugins/__init__.py" not in names
-    assert "nemo_minitron/nemo_plugin/cli.py" in names
+    assert "nemo_minitron/nemo_plugin/cli.py" in names and "nemo_minitron/nemo_plugin/kd_logits_lm.yaml" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "[nemo_run.cli]\nminitron = nemo_minitron.nemo_plugin.cli" in zipfile.ZipFile(wheel).read(entry_points).decode()
     target = tmp_path / "site"

@@ -12,9 +12,11 @@ from pathlib import Path
 from tests.nemo.workers.nemo_side import cpu_shims
 
 
-def main(tokens_pt: Path, jobs: list[str]) -> None:
-    cpu_shims(importer=True)
+def nemo_forward(nemo2: Path, out_hf: Path, tokens, logits_pt: Path):
+    """``llm.export_ckpt(path=nemo2, target="hf", output_path=out_hf)``; the model NeMo loaded for it runs a forward
+    on ``tokens`` (fp32 logits saved to ``logits_pt``). Returns that model. Needs ``cpu_shims(importer=True)``."""
     import torch
+    from megatron.core.tensor_parallel.random import initialize_rng_tracker
     from nemo.collections import llm
     from nemo.lightning import io
 
@@ -26,21 +28,30 @@ def main(tokens_pt: Path, jobs: list[str]) -> None:
         return loaded[-1]
 
     io.ModelConnector.nemo_load = keep
-    from megatron.core.tensor_parallel.random import initialize_rng_tracker
+    try:
+        llm.export_ckpt(path=nemo2, target="hf", output_path=out_hf)
+    finally:
+        io.ModelConnector.nemo_load = nemo_load
+    model = loaded[-1][0]
+    model.eval()
+    # megatron's attention forks the model-parallel CUDA RNG state, which nothing seeds on CPU
+    initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+    positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
+    # an explicit causal mask (True = masked): megatron's default one is made on device "cuda"
+    causal = torch.triu(torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool), diagonal=1)
+    with torch.no_grad():
+        logits = model.forward(input_ids=tokens, position_ids=positions, attention_mask=causal[None, None])
+    torch.save(logits.float(), logits_pt)
+    return model
+
+
+def main(tokens_pt: Path, jobs: list[str]) -> None:
+    cpu_shims(importer=True)
+    import torch
 
     tokens = torch.load(tokens_pt, weights_only=True)
     for nemo2, out in zip(map(Path, jobs[::2]), map(Path, jobs[1::2])):
-        llm.export_ckpt(path=nemo2, target="hf", output_path=out)
-        model = loaded[-1][0]
-        model.eval()
-        # megatron's attention forks the model-parallel CUDA RNG state, which nothing seeds on CPU
-        initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
-        positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
-        # an explicit causal mask (True = masked): megatron's default one is made on device "cuda"
-        causal = torch.triu(torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool), diagonal=1)
-        with torch.no_grad():
-            logits = model.forward(input_ids=tokens, position_ids=positions, attention_mask=causal[None, None])
-        torch.save(logits.float(), out.parent / f"{out.name}.nemo_logits.pt")
+        nemo_forward(nemo2, out, tokens, out.parent / f"{out.name}.nemo_logits.pt")
 
 
 if __name__ == "__main__":  # NeMo's torch_dist reader may spawn processes that re-import this module
