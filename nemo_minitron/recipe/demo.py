@@ -42,8 +42,10 @@ DEPTH_STAGE = "depth"
 
 
 class StageTimes:
-    """Wall and CPU seconds per named step of one invocation (CPU: user + system of this process and its
-    finished children, all threads; on a busy machine CPU / cores estimates the idle wall time).
+    """Wall and CPU seconds per named step of one invocation.
+
+    CPU: user + system of this process and its finished children, all threads; on a busy machine CPU / cores
+    estimates the idle wall time.
 
     ``started`` is the ``time.time()`` the total counts from (e.g. the process start); default now.
     """
