@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from nemo_minitron.recipe.config import DemoConfig
 from tests.launch import REPO
 from tests.recipe.common import tiny_teacher
 
@@ -31,8 +32,9 @@ def test_demo_pipeline_on_a_tiny_teacher(world, tmp_path):
     assert [r["model"] for r in rows] == names and all(r["ppl"] > 1 for r in rows)
     params = [r["params"] for r in rows]
     assert params[0] == params[1] > params[2] == params[3] == params[4] == params[5]
-    tokens = 4 * 8 * 32
-    assert [r["train_tokens"] for r in rows] == [0, 2 * 8 * 32, 0, tokens, tokens, tokens]
+    gbs = DemoConfig().global_batch_size
+    tokens = 4 * gbs * 32
+    assert [r["train_tokens"] for r in rows] == [0, 2 * gbs * 32, 0, tokens, tokens, tokens]
     assert rows[1]["loss"] != rows[0]["loss"]  # the corrected teacher is trained, not a copy
     assert (work / "loss_curves.png").stat().st_size > 1000 and "loss curves:" in p.stdout
     from nemo_minitron.recipe.report import read_curve
