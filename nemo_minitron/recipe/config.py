@@ -161,14 +161,15 @@ class DemoConfig:
     micro_batch_size: int = 2
     """Sequences per micro-batch."""
 
-    global_batch_size: int = 8
-    """Sequences per optimizer step (every training run of the demo)."""
+    global_batch_size: int = 4
+    """Sequences per optimizer step (every training run of the demo); 4 x 256 tokens keeps the demo at about
+    15 minutes on 2 CPU cores (docs/kd_defaults.md, "Demo time")."""
 
-    correction: TrainBudget = field(default_factory=lambda: TrainBudget(steps=16, lr=3e-4, warmup_steps=2))
+    correction: TrainBudget = field(default_factory=lambda: TrainBudget(steps=6, lr=3e-4, warmup_steps=1))
     """Teacher correction: LM-loss fine-tuning of the teacher on the training split before pruning
     (steps=0 skips it)."""
 
-    distill: TrainBudget = field(default_factory=lambda: TrainBudget(steps=24, lr=3e-4, warmup_steps=3))
+    distill: TrainBudget = field(default_factory=lambda: TrainBudget(steps=12, lr=3e-4, warmup_steps=2))
     """KD of the pruned student from the corrected teacher. The baselines train for the same steps on the
     same data and schedule, each with its own learning rate."""
 
@@ -187,11 +188,17 @@ class DemoConfig:
     eval_split: str = "test"
     """Split of the corpus for the table (held-out articles): test; the valid split is for choosing settings."""
 
-    eval_samples: int = 32
-    """Held-out windows per model in the table."""
+    eval_samples: int = 16
+    """Held-out windows per model in the table (16 x 256 tokens: a third of wiki.test.raw's 12,257 tokens)."""
 
     curve_every: int = 4
     """Validation loss every this many steps of the KD and LM-only runs (the loss-curve plot); 0: none."""
+
+    depth_layers: Optional[int] = None
+    """Width-vs-depth pair: also prune the corrected teacher to this many layers (``prune.depth_method``,
+    the width round's calibration settings), distil it with the same budget and teacher, and add its rows;
+    null: width only. SmolLM2-135M: 19 layers = 95.6M parameters against the width student's 94.7M
+    (conf/minitron_demo_depth.yaml)."""
 
     def validate(self) -> "DemoConfig":
         """Check values; raise :class:`ConfigError` naming the key. Returns self."""
@@ -203,6 +210,8 @@ class DemoConfig:
         if self.global_batch_size % self.micro_batch_size:
             raise ConfigError(f"global_batch_size={self.global_batch_size} is not divisible by "
                               f"micro_batch_size={self.micro_batch_size}")
+        if self.depth_layers is not None and self.depth_layers < 1:
+            raise ConfigError(f"depth_layers={self.depth_layers} must be >= 1 (or null: no depth student)")
         if self.eval_split not in ("valid", "test"):
             raise ConfigError(f"eval_split={self.eval_split!r} must be valid or test")
         return self
