@@ -101,7 +101,8 @@ def test_minitron_recipe_factories(tmp_path):
 def test_recipe_extension_example(world, tmp_path):
     """examples/nemo_recipe_extension.py on a tiny NeMo 2 checkpoint (the pruned shape, head_dim 20): our pruning
     stage, ``minitron://`` back into NeMo (NeMo reads the pruned shape from its context) and NeMo's distillation
-    recipe as a dry run; the NeMo 2 checkpoint it wrote computes what our pruned checkpoint computes."""
+    recipe as a dry run; ``nemo llm export target=minitron`` (the ``nemo`` command, which loads our entry point)
+    turns the NeMo 2 checkpoint it wrote back into ours, computing what our pruned checkpoint computes."""
     import torch
 
     from nemo_minitron.interop.convert import convert
@@ -124,5 +125,9 @@ def test_recipe_extension_example(world, tmp_path):
              "num_query_groups": 2, "kv_channels": 20}
     assert {k: seen[k] for k in shape} == shape
     assert "Dry run for task nemo.collections.llm.api:distill" in " ".join(run.stdout.split())
-    back = convert(seen["pruned_nemo2"], "nemo2", tmp_path / "back", "megatron")
+    back = tmp_path / "back"
+    run = subprocess.run([sys.executable, str(WORKERS / "nemo_cli.py"), "llm", "export", f"path={seen['pruned_nemo2']}",
+                          "target=minitron", f"output_path={back}", "-y"], env=ENV, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=400)
+    assert run.returncode == 0 and (back / "COMPLETE").is_file(), (run.stdout + run.stderr)[-4000:]
     close(megatron_logits(back), megatron_logits(Path(seen["pruned"])), "the pruned NeMo 2 checkpoint")
