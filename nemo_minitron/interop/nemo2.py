@@ -251,10 +251,11 @@ def io_json_from_config(cfg: ModelConfig, with_tokenizer: bool = True, family: O
     """
     from nemo_minitron.interop.fiddle_json import Call, PyRef, dumps
 
+    family = family or nemo_family_of(cfg)
     spec = model_yaml_from_config(cfg, family)
     conf = {k: v for k, v in spec["config"].items() if k != "_target_"}
     conf["activation_func"] = PyRef(conf["activation_func"]["_target_"])
-    if "window_size" in conf:  # MistralConfig7B also defaults params_dtype to bf16: the GPTConfig default (fp32)
+    if family == "mistral":  # MistralConfig7B also defaults params_dtype to bf16: the GPTConfig default (fp32)
         conf["params_dtype"] = PyRef("torch.float32")
     model_args: dict[str, Any] = {"config": Call(spec["config"]["_target_"], conf)}
     if with_tokenizer:

@@ -55,11 +55,11 @@ class MinitronImporter(io.ModelConnector["MinitronCheckpoint", llm.GPTModel]):
     #: NeMo family this importer writes (:data:`nemo_minitron.interop.nemo2.NEMO_FAMILIES`); None: from the checkpoint
     family: Optional[str] = None
 
-    def _family(self) -> str:
+    def _family(self, cfg=None) -> str:
         from nemo_minitron.checkpoint import load_model_config
         from nemo_minitron.interop.nemo2 import nemo_family_of, nemo_family_problem
 
-        cfg = load_model_config(Path(str(self)))
+        cfg = cfg or load_model_config(Path(str(self)))
         family = self.family or nemo_family_of(cfg)
         problem = nemo_family_problem(cfg, family)
         if problem:
@@ -75,7 +75,7 @@ class MinitronImporter(io.ModelConnector["MinitronCheckpoint", llm.GPTModel]):
 
         ckpt = Path(str(self))
         cfg = load_model_config(ckpt)
-        doc = io_json_from_config(cfg, with_tokenizer=tokenizer_path(ckpt) is not None, family=self._family())
+        doc = io_json_from_config(cfg, with_tokenizer=tokenizer_path(ckpt) is not None, family=self._family(cfg))
         return getattr(serialization.load_json(doc).model, build_path)
 
     @property

@@ -234,10 +234,10 @@ def run_demo(demo: DemoConfig, work: Path, corpus: Optional[Path] = None, starte
             plot = report.plot_curves(work / "loss_curves.png", curves,
                                       {"teacher (corrected)": anchors["teacher"]}, start=anchors["pruned"])
     lines += ["", timer.footer()]
-    from nemo_minitron.atomic import is_rank0
+    from nemo_minitron.atomic import is_rank0, write_text_atomic
 
     if is_rank0():
-        (work / "results.json").write_text(json.dumps(
+        write_text_atomic(work / "results.json", json.dumps(
             {"rows": rows, **timer.to_dict(), "config": dataclasses.asdict(demo)}, indent=2))
     return {"status": "completed", "rows": rows, "lines": lines, "plot": str(plot) if plot else None,
             "stage_seconds": timer.seconds}
