@@ -24,6 +24,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from nemo_minitron.distill.chunked_kl import KL_CHUNK_ELEMENTS, KL_CHUNK_MIN_ROWS, ChunkedKL, kl_chunk_elements
+
+__all__ = ["KL_CHUNK_ELEMENTS", "KL_CHUNK_MIN_ROWS", "balance_losses", "hidden_state_loss", "kl_chunk_elements",
+           "logit_kl", "masked_mean", "vocab_parallel_logit_kl"]
+
 # ----------------------------------------------------------------------------- dense reference
 
 
@@ -78,121 +83,6 @@ def _check_top_k(k: int, vocab: int) -> None:
 # ----------------------------------------------------------------------------- vocab-parallel
 
 
-def _global_log_softmax(z: torch.Tensor, group) -> torch.Tensor:
-    """log_softmax over a vocabulary split across ``group`` (no autograd; ``z`` is the local shard).
-
-    ``group=None`` means the vocabulary is not split (no communication).
-    """
-    zmax = z.max(dim=-1, keepdim=True).values
-    if group is not None:
-        dist.all_reduce(zmax, op=dist.ReduceOp.MAX, group=group)
-    z = z - zmax
-    sum_exp = z.exp().sum(dim=-1, keepdim=True)
-    if group is not None:
-        dist.all_reduce(sum_exp, group=group)
-    return z - sum_exp.log()
-
-
-#: Elements of one fp32 chunk buffer of the chunked KL (rows = this // local vocabulary size), by device
-#: type. On a CPU the three buffers of a chunk (1 MiB each) stay in cache, so the dozen passes over a
-#: chunk cost cache rather than memory bandwidth (KL forward + backward of 1024 x 8192 logits on one
-#: thread: ~115-145 ms against ~250 ms with 32 MiB chunks); GPUs keep 32 MiB chunks (few kernel launches).
-KL_CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 23}
-
-#: Fewest rows per chunk with the default chunk size (a huge vocabulary gets larger buffers, not 1-row chunks).
-KL_CHUNK_MIN_ROWS = 8
-
-
-def kl_chunk_elements(device: torch.device, vocab: int) -> int:
-    """Default chunk buffer size of the chunked KL for ``vocab`` local logits per row on ``device``."""
-    base = KL_CHUNK_ELEMENTS.get(device.type, KL_CHUNK_ELEMENTS["cuda"])
-    return max(base, KL_CHUNK_MIN_ROWS * vocab)
-
-
-def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(a * b).sum(-1)`` for 2-D tensors without a temporary of their size."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(a.shape[0])
-
-
-class _VocabParallelKL(torch.autograd.Function):
-    """Chunked KL over vocab-parallel logits with an analytic gradient computed in the forward pass.
-
-    Rows (tokens) are processed a chunk at a time in three reused fp32 buffers of ``[rows, V/tp]``;
-    each side is exponentiated once, the temperature is applied only when ``T != 1``. The gradient
-    with respect to the raw student logits is written chunk by chunk into one buffer of the logits'
-    shape and dtype (the size autograd's gradient has anyway) and scaled in place by the incoming
-    per-token gradient in :meth:`backward`. Under TP each chunk takes two all-reduces: MAX of both
-    sides' row maxima, then SUM of both partition functions and the local KL numerator. Every rank
-    returns the global per-token KL and back-propagates its own copy with no TP scaling.
-    """
-
-    @staticmethod
-    def forward(ctx, zs: torch.Tensor, zt: torch.Tensor, temperature: float, reverse: bool, group,  # noqa: D102
-                chunk_elements: int) -> torch.Tensor:
-        vocab = zs.shape[-1]
-        s_all, t_all = zs.reshape(-1, vocab), zt.reshape(-1, vocab)
-        n = s_all.shape[0]
-        rows = max(1, min(n, chunk_elements // vocab))
-        inv_t = 1.0 / temperature
-        a, b, c = (torch.empty(rows, vocab, dtype=torch.float32, device=zs.device) for _ in range(3))
-        out = torch.empty(n, dtype=torch.float32, device=zs.device)
-        grad = torch.empty_like(s_all) if ctx.needs_input_grad[0] else None
-        direct = grad is not None and grad.dtype == torch.float32  # write the gradient without a copy
-        for lo in range(0, n, rows):
-            m = min(n, lo + rows) - lo
-            sa, sb, sc = a[:m], b[:m], c[:m]
-            src_s, src_t = s_all[lo:lo + m], t_all[lo:lo + m]
-            # max(z / T) = max(z) / T for T > 0: shift straight from the source rows into the buffers
-            maxes = torch.stack([src_s.amax(-1), src_t.amax(-1)]).float()
-            if group is not None:
-                dist.all_reduce(maxes, op=dist.ReduceOp.MAX, group=group)
-            torch.sub(src_s, maxes[0].unsqueeze(-1), out=sa)
-            torch.sub(src_t, maxes[1].unsqueeze(-1), out=sb)
-            if temperature != 1.0:
-                sa.mul_(inv_t)
-                sb.mul_(inv_t)
-            if reverse:  # KL(q||p) = sum e_s (s - t) / Z_s + log Z_t - log Z_s
-                torch.exp(sa, out=sc)  # e_s
-                sa.sub_(sb)  # s - t
-                num = _rowdot(sc, sa)
-                sb.exp_()  # e_t
-                sums = torch.stack([sc.sum(-1), sb.sum(-1), num])
-            else:  # KL(p||q) = sum e_t (t - s) / Z_t + log Z_s - log Z_t
-                torch.exp(sb, out=sc)  # e_t
-                sb.sub_(sa)  # t - s
-                num = _rowdot(sc, sb)
-                sa.exp_()  # e_s
-                sums = torch.stack([sa.sum(-1), sc.sum(-1), num])
-            if group is not None:
-                dist.all_reduce(sums, group=group)
-            z_s, z_t, num = sums
-            log_zs, log_zt = torch.log(z_s), torch.log(z_t)
-            kl = num / z_s + log_zt - log_zs if reverse else num / z_t + log_zs - log_zt
-            out[lo:lo + m] = kl
-            if grad is None:
-                continue
-            dst = grad[lo:lo + m] if direct else sa
-            if reverse:  # q_v (log q_v - log p_v - KL) / T, log q - log p = (s - t) - log Z_s + log Z_t
-                sa.sub_((log_zs - log_zt + kl).unsqueeze(-1))
-                torch.mul(sc, sa, out=dst)
-                dst.mul_((inv_t / z_s).unsqueeze(-1))
-            else:  # (q - p) / T = e_s / (T Z_s) - e_t / (T Z_t)
-                torch.mul(sa, (inv_t / z_s).unsqueeze(-1), out=dst)
-                dst.addcmul_(sc, (-inv_t / z_t).unsqueeze(-1))
-            if not direct:
-                grad[lo:lo + m] = dst
-        if grad is not None:
-            ctx.save_for_backward(grad)
-        ctx.in_shape = zs.shape
-        return out.view(zs.shape[:-1])
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):  # noqa: D102
-        (grad,) = ctx.saved_tensors
-        grad.mul_(grad_out.reshape(-1, 1).to(grad.dtype))  # the buffer serves one backward: scale in place
-        return grad.view(ctx.in_shape), None, None, None, None, None
-
-
 class _AllReduceSumIdentityGrad(torch.autograd.Function):
     """All-reduce SUM in forward, identity in backward (the loss is replicated on every rank)."""
 
@@ -223,9 +113,10 @@ def vocab_parallel_logit_kl(
     not split). Shards must be contiguous vocabulary slices in rank order, as megatron's
     ``ColumnParallelLinear`` output layer produces. The gradient w.r.t. the local student shard is
     exact when each rank back-propagates its own (identical) copy of the loss. Without top-k the KL is
-    computed a chunk of rows at a time (:class:`_VocabParallelKL`, ``chunk_elements`` values per
-    buffer, default :func:`kl_chunk_elements` of the logits' device): no full-vocabulary fp32
-    temporaries; the one full-size buffer kept for backward is the gradient itself.
+    computed a chunk of rows at a time (:class:`~nemo_minitron.distill.chunked_kl.ChunkedKL`,
+    ``chunk_elements`` values per buffer, default :func:`kl_chunk_elements` of the logits' device) with
+    one collective under TP: no full-vocabulary fp32 temporaries; the one full-size buffer kept for
+    backward is the gradient itself.
     """
     if tp_group is not None and dist.get_world_size(tp_group) == 1:
         tp_group = None
@@ -233,9 +124,9 @@ def vocab_parallel_logit_kl(
         return logit_kl(student_logits, teacher_logits, temperature, reverse, scale_by_t2, top_k)
     _check_temperature(temperature)
     if top_k is None:
-        loss = _VocabParallelKL.apply(student_logits, teacher_logits.detach(), float(temperature), reverse, tp_group,
-                                      int(chunk_elements or kl_chunk_elements(student_logits.device,
-                                                                                 student_logits.shape[-1])))
+        chunk = chunk_elements or kl_chunk_elements(student_logits.device, student_logits.shape[-1])
+        loss = ChunkedKL.apply(student_logits, teacher_logits.detach(), float(temperature), reverse, tp_group,
+                               int(chunk))
     else:
         zs = student_logits.float() / temperature
         zt = teacher_logits.detach().float() / temperature

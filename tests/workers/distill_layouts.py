@@ -28,13 +28,16 @@ def kl_checks(ctx) -> dict:
     shard = 64 // ctx.tp_size
     lo, hi = ctx.tp_rank * shard, (ctx.tp_rank + 1) * shard
     out = {}
-    for name, kw in {"forward": {}, "reverse_t2": dict(reverse=True, temperature=2.0, scale_by_t2=True),
-                     "topk": dict(top_k=5), "topk_reverse_t": dict(top_k=7, reverse=True, temperature=0.7)}.items():
+    cases = {"forward": {}, "reverse_t2": dict(reverse=True, temperature=2.0, scale_by_t2=True),
+             "forward_chunks_t": dict(temperature=0.7), "reverse_chunks": dict(reverse=True),
+             "topk": dict(top_k=5), "topk_reverse_t": dict(top_k=7, reverse=True, temperature=0.7)}
+    for name, kw in cases.items():
+        chunks = {"chunk_elements": 3 * shard} if "chunks" in name else {}  # 4 chunks of 3 rows (the last: 1)
         s_dense = full_s.clone().requires_grad_(True)
         ref = losses.logit_kl(s_dense, full_t, **kw)
         (ref * w).sum().backward()
         s_local = full_s[..., lo:hi].clone().requires_grad_(True)
-        val = losses.vocab_parallel_logit_kl(s_local, full_t[..., lo:hi], ctx.tp_group, **kw)
+        val = losses.vocab_parallel_logit_kl(s_local, full_t[..., lo:hi], ctx.tp_group, **kw, **chunks)
         (val * w).sum().backward()
         out[name] = {"loss_diff": float((val - ref).abs().max()), "grad_diff":
                      float((s_local.grad - s_dense.grad[..., lo:hi]).abs().max()), "loss": float(ref.sum()),
